@@ -1,0 +1,1 @@
+"""PPO / DQN agents on the shared scorer, baselines, warm start and checkpoints."""
