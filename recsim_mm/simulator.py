@@ -1,0 +1,351 @@
+"""The one batched simulator core: B users x K candidates per step, in torch, CPU or CUDA.
+
+Every environment is this core: the single-user Gymnasium env runs it at B=1, the
+vector env at B=N. A step takes the chosen slate positions of all users at once, asks
+the user model to respond and transition, writes the observed history, draws the next
+candidates and reports rewards, terminations and truncations; no Python loop runs over
+users. All randomness comes from one `torch.Generator` seeded by `reset(seed=...)`.
+
+Observation (views into preallocated buffers, leading dim B; see docs/environments.md):
+
+- ``history_items``: ``(B, H, d)`` float32 fused vectors (``embeddings`` mode) or
+  ``(B, H)`` int64 item rows (``ids`` mode), zero where padded, most recent last.
+- ``history_feedback``: ``(B, H, 2)`` float32 ``[clicked, engagement minutes]``.
+- ``history_mask``: ``(B, H)`` float32, 1 for a real past step.
+- ``candidate_items``: ``(B, K, d)`` float32 or ``(B, K)`` int64.
+- ``time_left``: ``(B, 1)`` float32 minutes.
+- ``user_features``: ``(B, F)`` float32, only if the user model has features.
+
+The history records, per step, the item the user clicked, or (no click) the item in
+slate position 0, with its feedback. It lives in a ring buffer of 2H slots shared by
+all users: each step writes the new entry at slots ``p`` and ``p + H``, so the H most
+recent entries are always the contiguous window ``[p + 1, p + H]``, most recent last,
+and producing the observation copies nothing.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+
+from recsim_mm.candidates import CandidateConfig, CandidateGenerator
+from recsim_mm.item_space import ItemSpace
+from recsim_mm.users.base import UserModel, UserResponse
+
+OBS_MODES = ("embeddings", "ids")
+REWARDS = ("engagement", "click")
+
+#: ``reward_fn(observation, slate_positions, response) -> (B,) float32``; see `Simulator`.
+RewardFn = Callable[[dict[str, torch.Tensor], torch.Tensor, UserResponse], torch.Tensor]
+
+
+class StepOutcome(NamedTuple):
+    """What one core step produced, all with leading dim B, on the simulator's device.
+
+    Attributes:
+        reward: ``(B,)`` float32.
+        click: ``(B,)`` bool, the user clicked a slate item.
+        clicked_position: ``(B,)`` int64 slate position clicked, ``-1`` for none.
+        clicked_item: ``(B,)`` int64 item row clicked, ``-1`` for none.
+        engagement: ``(B,)`` float32 minutes.
+        terminated: ``(B,)`` bool, the user ended the session (left or budget spent).
+        truncated: ``(B,)`` bool, ``max_steps`` reached and not terminated.
+        true_affinity: ``(B, K)`` float32 true affinity of the candidates the action
+            chose from (zeros when the core does not track truth).
+    """
+
+    reward: torch.Tensor
+    click: torch.Tensor
+    clicked_position: torch.Tensor
+    clicked_item: torch.Tensor
+    engagement: torch.Tensor
+    terminated: torch.Tensor
+    truncated: torch.Tensor
+    true_affinity: torch.Tensor
+
+
+class Simulator:
+    """Batched simulation of ``B = user_model.num_users`` users.
+
+    Args:
+        item_space: the catalog's item space (moved to the user model's device).
+        user_model: holds the B users; its device is the simulator's device.
+        num_candidates: ``K`` candidates offered per step.
+        history_length: ``H`` past steps in the observation.
+        slate_size: ``S`` positions the action fills (1: single recommendation).
+        obs_mode: ``"embeddings"`` or ``"ids"``.
+        max_steps: steps after which an episode is truncated.
+        candidates: `CandidateConfig` or a dict of its options.
+        reward: ``"engagement"`` (minutes, default), ``"click"`` (0/1) or a callable
+            ``reward_fn(observation, slate_positions, response) -> (B,) float32``,
+            called with the observation the action was taken on (batched dict as
+            above), ``slate_positions`` ``(B, S)`` int64 and the `UserResponse`.
+        track_truth: compute the candidates' true affinities every step (for
+            ``info``; costs a gather of ``(B, K, d)`` in ``ids`` mode).
+        seed: initial seed of the generator (`reset` can re-seed).
+    """
+
+    def __init__(
+        self,
+        item_space: ItemSpace,
+        user_model: UserModel,
+        *,
+        num_candidates: int = 20,
+        history_length: int = 10,
+        slate_size: int = 1,
+        obs_mode: str = "embeddings",
+        max_steps: int = 100,
+        candidates: CandidateConfig | dict | None = None,
+        reward: str | RewardFn = "engagement",
+        track_truth: bool = True,
+        seed: int | None = None,
+    ) -> None:
+        if obs_mode not in OBS_MODES:
+            raise ValueError(f"obs_mode={obs_mode!r} is not an observation mode; expected one of {OBS_MODES}")
+        if not (isinstance(reward, str) and reward in REWARDS) and not callable(reward):
+            raise ValueError(f"reward={reward!r} is invalid; expected one of {REWARDS} or a callable")
+        for name, value, low in (
+            ("num_candidates", num_candidates, 1),
+            ("history_length", history_length, 1),
+            ("slate_size", slate_size, 1),
+            ("max_steps", max_steps, 1),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name}={value!r} must be an integer >= {low}")
+        if slate_size > num_candidates:
+            raise ValueError(f"slate_size={slate_size} exceeds num_candidates={num_candidates}")
+        self.users = user_model
+        self.device = dev = user_model.device
+        self.item_space = item_space if item_space.device == dev else item_space.to(dev)
+        self.num_users = b = user_model.num_users
+        self.num_candidates = k = num_candidates
+        self.history_length = h = history_length
+        self.slate_size = slate_size
+        self.obs_mode = obs_mode
+        self.max_steps = max_steps
+        self.reward = reward
+        self.track_truth = track_truth
+        self.num_features = int(getattr(user_model, "num_features", 0))
+        d = self.item_space.dim
+        self._fused = self.item_space.fused
+        self.candidate_config = CandidateConfig.from_options(candidates)
+        self.candidate_generator = CandidateGenerator(
+            self.item_space, k, b, self.candidate_config, max_consumed=max_steps
+        )
+        self._affinity_takes_fused = "fused" in inspect.signature(user_model.affinity).parameters
+        self.generator = torch.Generator(device=dev)
+        self.generator.manual_seed(0 if seed is None else int(seed))
+
+        # History ring buffer (2H slots, shared write pointer; see module docstring).
+        self._hist_items = torch.zeros(b, 2 * h, dtype=torch.long, device=dev)
+        self._hist_feedback = torch.zeros(b, 2 * h, 2, device=dev)
+        self._hist_mask = torch.zeros(b, 2 * h, device=dev)
+        self._hist_vectors = torch.zeros(b, 2 * h, d, device=dev) if obs_mode == "embeddings" else None
+        self._ptr = h - 1
+        self.candidates = torch.zeros(b, k, dtype=torch.long, device=dev)
+        self._candidate_vectors = torch.zeros(b, k, d, device=dev) if obs_mode == "embeddings" else None
+        # Two affinity buffers, swapped each step: the one of the candidates just acted
+        # on is returned while the next candidates' one is filled, with no copy.
+        self.candidate_affinity = torch.zeros(b, k, device=dev)
+        self._previous_affinity = torch.zeros(b, k, device=dev)
+        self.steps = torch.zeros(b, dtype=torch.int32, device=dev)
+        self._all_rows = torch.arange(b, device=dev)
+        self._checked_user_outputs = False
+
+    # ------------------------------------------------------------------ reset
+    def reset(self, seed: int | None = None) -> dict[str, torch.Tensor]:
+        """Start every row with a fresh user (re-seeding the generator if ``seed`` is given).
+
+        Returns:
+            The observation dict (see module docstring).
+        """
+        if seed is not None:
+            self.generator.manual_seed(int(seed))
+            self.candidate_generator.clear()
+        self._ptr = self.history_length - 1
+        self.reset_rows(self._all_rows)
+        return self.observation()
+
+    def reset_rows(self, rows: torch.Tensor) -> None:
+        """Put fresh users into ``rows`` (``(R,)`` int64 indices or ``(B,)`` bool mask).
+
+        Their history is cleared, their step counter zeroed and new candidates drawn;
+        other rows are untouched.
+        """
+        if rows.dtype == torch.bool:
+            rows = rows.nonzero().squeeze(1)
+        if rows.numel() == 0:
+            return
+        self.users.sample(rows, self.generator)
+        self._hist_items[rows] = 0
+        self._hist_feedback[rows] = 0
+        self._hist_mask[rows] = 0
+        if self._hist_vectors is not None:
+            self._hist_vectors[rows] = 0
+        self.steps[rows] = 0
+        self.candidate_generator.clear_rows(rows)
+        self._draw_candidates(rows)
+
+    # ------------------------------------------------------------------ step
+    def step(self, slate_positions: torch.Tensor) -> StepOutcome:
+        """Advance all B users by one step.
+
+        Args:
+            slate_positions: ``(B, S)`` int64 candidate positions in ``[0, K)``,
+                distinct within a row; validated by the caller (the envs check
+                range, shape, NaN and duplicates with messages).
+
+        Returns:
+            `StepOutcome`. Rows that terminated or were truncated keep stepping if
+            called again; the caller resets them (`reset_rows`).
+        """
+        users, g = self.users, self.generator
+        slate = self.candidates.gather(1, slate_positions)
+        response = users.respond(slate, g)
+        if not self._checked_user_outputs:
+            self._check_response(response)
+        reward = self._reward(slate_positions, response)
+        users.transition(slate, response, g)
+        clicked_position = response.clicked
+        click = clicked_position >= 0
+        if self.slate_size == 1:
+            shown = slate[:, 0]
+        else:
+            shown = slate.gather(1, clicked_position.clamp_min(0).unsqueeze(1)).squeeze(1)
+        clicked_item = torch.where(click, shown, -1)
+        self._write_history(shown, click, response.engagement)
+        self.candidate_generator.record(shown, click)
+        self.steps += 1
+        terminated = users.done()
+        truncated = (self.steps >= self.max_steps) & ~terminated
+        self.candidate_affinity, self._previous_affinity = self._previous_affinity, self.candidate_affinity
+        self._draw_candidates(None)
+        return StepOutcome(
+            reward=reward,
+            click=click,
+            clicked_position=clicked_position,
+            clicked_item=clicked_item,
+            engagement=response.engagement,
+            terminated=terminated,
+            truncated=truncated,
+            true_affinity=self._previous_affinity,
+        )
+
+    def _reward(self, slate_positions: torch.Tensor, response: UserResponse) -> torch.Tensor:
+        if self.reward == "engagement":
+            return response.engagement
+        if self.reward == "click":
+            return (response.clicked >= 0).float()
+        # The callable sees the observation the action was taken on: the buffers are
+        # still unchanged at this point of the step.
+        value = self.reward(self.observation(), slate_positions, response)
+        if not isinstance(value, torch.Tensor) or value.shape != (self.num_users,):
+            shape = getattr(value, "shape", type(value).__name__)
+            raise ValueError(f"reward_fn must return a ({self.num_users},) float tensor; got {shape}")
+        value = value.to(torch.float32)
+        if not torch.isfinite(value).all():
+            raise ValueError("reward_fn returned a NaN or infinite reward")
+        return value
+
+    def _check_response(self, response: UserResponse) -> None:
+        """Catch a custom user model breaking the contract, once, with a clear message."""
+        name = type(self.users).__name__
+        b, s = self.num_users, self.slate_size
+        if not isinstance(response, tuple) or len(response) != 2:
+            raise TypeError(f"{name}.respond must return UserResponse(clicked, engagement); got {type(response).__name__}")
+        clicked, engagement = response
+        if clicked.shape != (b,) or clicked.dtype != torch.long:
+            raise TypeError(f"{name}.respond: clicked must be ({b},) int64; got {tuple(clicked.shape)} {clicked.dtype}")
+        if engagement.shape != (b,) or engagement.dtype != torch.float32:
+            raise TypeError(
+                f"{name}.respond: engagement must be ({b},) float32; got {tuple(engagement.shape)} {engagement.dtype}"
+            )
+        if bool(((clicked < -1) | (clicked >= s)).any()):
+            raise ValueError(f"{name}.respond: clicked positions must be in [-1, {s}); got {clicked.tolist()[:8]}")
+        for method, shape in (("done", (b,)), ("time_left", (b,))):
+            out = getattr(self.users, method)()
+            if not isinstance(out, torch.Tensor) or out.shape != shape:
+                raise TypeError(f"{name}.{method}() must return a {shape} tensor; got {getattr(out, 'shape', out)}")
+        self._checked_user_outputs = True
+
+    def _write_history(self, item: torch.Tensor, click: torch.Tensor, engagement: torch.Tensor) -> None:
+        h = self.history_length
+        self._ptr = p = (self._ptr + 1) % h
+        feedback = torch.stack([click.float(), engagement], dim=1)
+        for slot in (p, p + h):
+            self._hist_items[:, slot] = item
+            self._hist_feedback[:, slot] = feedback
+            self._hist_mask[:, slot] = 1.0
+            if self._hist_vectors is not None:
+                torch.index_select(self._fused, 0, item, out=self._hist_vectors[:, slot])
+
+    def _draw_candidates(self, rows: torch.Tensor | None) -> None:
+        """New candidates (and their vectors and true affinities) for ``rows`` (None: all)."""
+        h, p = self.history_length, self._ptr
+        window = slice(p + 1, p + 1 + h)
+        items = self._hist_items[:, window]
+        clicked = self._hist_feedback[:, window, 0] > 0
+        if rows is not None:
+            items, clicked = items[rows], clicked[rows]
+        count = self.num_users if rows is None else rows.numel()
+        fresh = self.candidate_generator.sample(rows, count, items, clicked, self.generator)
+        if rows is None:
+            self.candidates.copy_(fresh)
+            if self._candidate_vectors is not None:
+                torch.index_select(
+                    self._fused, 0, self.candidates.view(-1), out=self._candidate_vectors.view(-1, self._fused.shape[1])
+                )
+            if self.track_truth:
+                self.candidate_affinity.copy_(self._affinity(self.candidates, self._candidate_vectors))
+            return
+        self.candidates[rows] = fresh
+        vectors = None
+        if self._candidate_vectors is not None:
+            vectors = self._fused[fresh]
+            self._candidate_vectors[rows] = vectors
+        if self.track_truth:
+            self.candidate_affinity[rows] = self._affinity(fresh, vectors, rows)
+
+    def _affinity(
+        self, items: torch.Tensor, vectors: torch.Tensor | None, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if self._affinity_takes_fused and vectors is not None:
+            return self.users.affinity(items, rows, fused=vectors)
+        return self.users.affinity(items, rows)
+
+    # ------------------------------------------------------------------ observation
+    def observation(self) -> dict[str, torch.Tensor]:
+        """The current observation: views into the simulator's buffers (see module docstring).
+
+        The views change on the next `step`/`reset`; copy them to keep them.
+        """
+        h, p = self.history_length, self._ptr
+        window = slice(p + 1, p + 1 + h)
+        history = self._hist_vectors if self._hist_vectors is not None else self._hist_items
+        candidates = self._candidate_vectors if self._candidate_vectors is not None else self.candidates
+        obs = {
+            "history_items": history[:, window],
+            "history_feedback": self._hist_feedback[:, window],
+            "history_mask": self._hist_mask[:, window],
+            "candidate_items": candidates,
+            "time_left": self.users.time_left().unsqueeze(1),
+        }
+        if self.num_features:
+            obs["user_features"] = self.users.features()
+        return obs
+
+    # ------------------------------------------------------------------ memory
+    def state_bytes(self) -> int:
+        """Bytes of all per-user tensors held by the core and its user model (B users)."""
+        seen: set[int] = set()
+        total = 0
+        for owner in (self, self.users, self.candidate_generator):
+            for value in vars(owner).values():
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == self.num_users:
+                    if value.data_ptr() not in seen:
+                        seen.add(value.data_ptr())
+                        total += value.numel() * value.element_size()
+        return total
