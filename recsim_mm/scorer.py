@@ -388,11 +388,22 @@ class Scorer(nn.Module):
                 )
         return self.user_encoder(history, feedback, mask, time_left, features)
 
-    def _pair_features(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        user = self.encode_user(obs)
+    def _pair_features(
+        self, obs: dict[str, torch.Tensor], user: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if user is None:
+            user = self.encode_user(obs)
         items = self.item_tower(self._vectors(obs, "candidate_items", 2))
         user = user.unsqueeze(1).expand_as(items)
         return torch.cat([user, items, user * items], dim=-1)
+
+    def score_with_state(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Click logits ``(B, K)`` and the user state ``(B, hidden_dim)`` from one pass.
+
+        Actor-critic policies need both; this encodes the history once.
+        """
+        user = self.encode_user(obs)
+        return self.click_head(self._pair_features(obs, user)).squeeze(-1), user
 
     def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Click logits ``(B, K)`` float32, one per candidate (PPO logits / DQN values)."""

@@ -1,0 +1,231 @@
+"""Stable-Baselines3 policies built on the shared `recsim_mm.scorer.Scorer`.
+
+One scorer network serves three roles (DESIGN.md, structural decision 2):
+
+- `ScorerActorCriticPolicy` (PPO): actor logits over the K candidates = the scorer's
+  click logits; critic = a small head on the scorer's user-state encoding.
+- `ScorerDQNPolicy` (DQN): Q-value of each candidate = the scorer's output.
+- The ranker (recsim_mm.ranker) trains the same scorer on logged clicks, so warm start
+  is ``policy.scorer.load_state_dict(ranker_state_dict)``.
+
+Both observation modes work: ``embeddings`` (vectors in the observation) and ``ids``
+(item rows; the policy holds the frozen item table and gathers). SB3 stores
+observations as float32 in its buffers, so ids come back as floats and are cast to
+int64 here (exact for tables below 2**24 items).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.distributions import CategoricalDistribution
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.dqn.policies import DQNPolicy, QNetwork
+from torch import nn
+
+from recsim_mm.scorer import Scorer, ScorerConfig
+
+ID_KEYS = ("history_items", "candidate_items")
+
+
+class _PassThrough(BaseFeaturesExtractor):
+    """SB3 requires a features extractor; the scorer reads the observation dict itself."""
+
+    def __init__(self, observation_space: spaces.Dict):
+        super().__init__(observation_space, features_dim=1)
+
+    def forward(self, observations: Any) -> Any:
+        return observations
+
+
+def is_ids_mode(observation_space: spaces.Dict) -> bool:
+    """True when ``candidate_items`` holds item rows (integer Box) rather than vectors."""
+    return np.issubdtype(observation_space["candidate_items"].dtype, np.integer)
+
+
+def build_scorer(
+    observation_space: spaces.Dict,
+    scorer_config: dict,
+    item_table: torch.Tensor | None,
+) -> Scorer:
+    """The scorer for an environment's observation space.
+
+    Args:
+        observation_space: the env's ``Dict`` observation space.
+        scorer_config: `ScorerConfig` fields as a dict (``d_text``/``d_image`` required).
+        item_table: ``(N, d)`` float32 fused vectors; required in ``ids`` mode.
+
+    Raises:
+        ValueError: ``ids`` mode without an item table, or a table/config width mismatch.
+    """
+    config = ScorerConfig.from_dict(scorer_config)
+    if is_ids_mode(observation_space) and item_table is None:
+        raise ValueError(
+            "the observation space is in 'ids' mode (integer candidate_items) but no "
+            "item_table was given; pass policy_kwargs=dict(item_table=item_space.fused, ...)"
+        )
+    return Scorer(config, item_table=item_table)
+
+
+def as_scorer_input(obs: dict[str, torch.Tensor], ids_mode: bool) -> dict[str, torch.Tensor]:
+    """Undo SB3's float32 storage of item ids (``(B, H)``/``(B, K)`` -> int64)."""
+    if not ids_mode:
+        return obs
+    return {k: (v.long() if k in ID_KEYS else v) for k, v in obs.items()}
+
+
+class ScorerActorCriticPolicy(ActorCriticPolicy):
+    """PPO policy: scorer logits over candidates, value head on the user state.
+
+    Args (policy_kwargs):
+        scorer_config: `ScorerConfig` fields as a dict.
+        item_table: ``(N, d)`` float32, required in ``ids`` mode.
+        value_hidden: width of the critic's hidden layer.
+
+    Shapes: for a batch of B observations, ``forward`` returns actions ``(B,)`` int64,
+    values ``(B, 1)`` and log-probabilities ``(B,)`` float32.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Dict,
+        action_space: spaces.Discrete,
+        lr_schedule,
+        scorer_config: dict | None = None,
+        item_table: torch.Tensor | None = None,
+        value_hidden: int = 64,
+        **kwargs: Any,
+    ):
+        if scorer_config is None:
+            raise ValueError("ScorerActorCriticPolicy needs policy_kwargs['scorer_config']")
+        if not isinstance(action_space, spaces.Discrete):
+            raise ValueError(
+                f"ScorerActorCriticPolicy supports Discrete(K) actions; got {action_space}"
+            )
+        self._scorer_config = dict(scorer_config)
+        self._item_table = item_table
+        self._value_hidden = value_hidden
+        self.ids_mode = is_ids_mode(observation_space)
+        kwargs.setdefault("features_extractor_class", _PassThrough)
+        kwargs["ortho_init"] = False  # the scorer has its own initialisation (and warm start)
+        super().__init__(observation_space, action_space, lr_schedule, **kwargs)
+
+    def _build(self, lr_schedule) -> None:
+        self.scorer = build_scorer(self.observation_space, self._scorer_config, self._item_table)
+        h = self.scorer.config.hidden_dim
+        self.value_net = nn.Sequential(
+            nn.Linear(h, self._value_hidden), nn.Tanh(), nn.Linear(self._value_hidden, 1)
+        )
+        self.action_dist = CategoricalDistribution(int(self.action_space.n))
+        self.optimizer = self.optimizer_class(
+            self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs
+        )
+
+    def _logits_and_values(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        obs = as_scorer_input(obs, self.ids_mode)
+        logits, user_state = self.scorer.score_with_state(obs)
+        return logits, self.value_net(user_state)
+
+    def forward(self, obs, deterministic: bool = False):
+        logits, values = self._logits_and_values(obs)
+        distribution = self.action_dist.proba_distribution(action_logits=logits)
+        actions = distribution.get_actions(deterministic=deterministic)
+        return actions, values, distribution.log_prob(actions)
+
+    def evaluate_actions(self, obs, actions: torch.Tensor):
+        logits, values = self._logits_and_values(obs)
+        distribution = self.action_dist.proba_distribution(action_logits=logits)
+        return values, distribution.log_prob(actions), distribution.entropy()
+
+    def get_distribution(self, obs):
+        logits = self.scorer(as_scorer_input(obs, self.ids_mode))
+        return self.action_dist.proba_distribution(action_logits=logits)
+
+    def predict_values(self, obs) -> torch.Tensor:
+        user_state = self.scorer.encode_user(as_scorer_input(obs, self.ids_mode))
+        return self.value_net(user_state)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(
+            scorer_config=self._scorer_config,
+            item_table=self._item_table,
+            value_hidden=self._value_hidden,
+        )
+        return data
+
+
+class ScorerQNetwork(QNetwork):
+    """DQN Q-network: ``Q(s, candidate_i)`` = the scorer's output for candidate i, ``(B, K)``."""
+
+    def __init__(
+        self,
+        observation_space: spaces.Dict,
+        action_space: spaces.Discrete,
+        features_extractor: BaseFeaturesExtractor,
+        features_dim: int,
+        scorer_config: dict | None = None,
+        item_table: torch.Tensor | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(
+            observation_space, action_space, features_extractor, features_dim, net_arch=[], **kwargs
+        )
+        del self.q_net  # replaced by the scorer
+        self.ids_mode = is_ids_mode(observation_space)
+        self.scorer = build_scorer(observation_space, scorer_config, item_table)
+        self._scorer_config = scorer_config
+        self._item_table = item_table
+
+    def forward(self, obs) -> torch.Tensor:
+        return self.scorer(as_scorer_input(obs, self.ids_mode))
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(scorer_config=self._scorer_config, item_table=self._item_table)
+        return data
+
+
+class ScorerDQNPolicy(DQNPolicy):
+    """DQN policy whose online and target Q-networks are `ScorerQNetwork`s.
+
+    Args (policy_kwargs): ``scorer_config`` (dict) and ``item_table`` (``ids`` mode).
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Dict,
+        action_space: spaces.Discrete,
+        lr_schedule,
+        scorer_config: dict | None = None,
+        item_table: torch.Tensor | None = None,
+        **kwargs: Any,
+    ):
+        if scorer_config is None:
+            raise ValueError("ScorerDQNPolicy needs policy_kwargs['scorer_config']")
+        self._scorer_config = dict(scorer_config)
+        self._item_table = item_table
+        kwargs.setdefault("features_extractor_class", _PassThrough)
+        super().__init__(observation_space, action_space, lr_schedule, **kwargs)
+
+    @property
+    def scorer(self) -> Scorer:
+        """The online Q-network's scorer (what warm start loads into)."""
+        return self.q_net.scorer
+
+    def make_q_net(self) -> ScorerQNetwork:
+        net_args = self._update_features_extractor(self.net_args, features_extractor=None)
+        net_args.pop("net_arch", None)
+        net_args.pop("activation_fn", None)
+        return ScorerQNetwork(
+            scorer_config=self._scorer_config, item_table=self._item_table, **net_args
+        ).to(self.device)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(scorer_config=self._scorer_config, item_table=self._item_table)
+        return data
