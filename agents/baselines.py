@@ -1,0 +1,230 @@
+"""Baseline recommenders behind one policy interface (Stable-Baselines3's ``predict``).
+
+Every strategy compared in an experiment answers
+
+    predict(observation, state=None, episode_start=None, deterministic=True) -> (actions, state)
+
+on batched vector-env observations: ``actions`` is ``(B,)`` int64 candidate positions
+(``(B, S)`` for slate environments). SB3 models and `recsim_mm.ranker.RankerPolicy`
+already have this method. Two optional hooks let a baseline see more than the
+observation; the evaluator (`agents.evaluation.evaluate_policy`) calls them:
+
+- ``observe(info)`` before ``predict``: the info dict that came with the observation.
+  Only privileged baselines (the oracle) read ground truth from it.
+- ``update(observation, actions, reward, info)`` after each step: online learners
+  (the contextual bandit) learn from the feedback.
+
+Baselines here: `RandomRecommender`, `PopularRecommender` (most clicked in the logs),
+`OracleRecommender` (true affinity: privileged, an upper bound for myopic play) and
+`LinUCBRecommender` (a contextual bandit over the item vectors).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def top_positions(scores: np.ndarray, slate_size: int | None) -> np.ndarray:
+    """Highest-scored candidate positions.
+
+    Args:
+        scores: ``(B, K)`` float.
+        slate_size: None for one item per user, else ``S``.
+
+    Returns:
+        ``(B,)`` int64, or ``(B, S)`` int64 in descending score order.
+    """
+    if slate_size is None:
+        return scores.argmax(axis=-1).astype(np.int64)
+    order = np.argsort(-scores, axis=-1, kind="stable")
+    return order[:, :slate_size].astype(np.int64)
+
+
+def candidate_rows(observation: dict[str, np.ndarray], item_table: torch.Tensor) -> np.ndarray:
+    """Item rows ``(B, K)`` int64 of the candidates, in either observation mode.
+
+    ``ids`` mode carries rows directly; in ``embeddings`` mode each candidate vector is
+    matched exactly against ``item_table`` (``(N, d)`` float32).
+
+    Raises:
+        ValueError: an embedding matches no item of the table (wrong item space).
+    """
+    candidates = np.asarray(observation["candidate_items"])
+    if np.issubdtype(candidates.dtype, np.integer):
+        return candidates.astype(np.int64)
+    table = item_table.detach().cpu().float()
+    vectors = torch.from_numpy(candidates.astype(np.float32))
+    rows = (vectors @ table.T).argmax(dim=-1)
+    if not torch.allclose(table[rows], vectors, atol=1e-5):
+        raise ValueError(
+            "candidate_items holds vectors that match no row of the item table; "
+            "the policy was built for a different item space"
+        )
+    return rows.numpy().astype(np.int64)
+
+
+class Recommender:
+    """Base class of the baselines: the SB3-style ``predict`` over ``scores``.
+
+    Subclasses implement ``scores(observation) -> (B, K)``; ties are broken by a
+    tiny seeded jitter so no candidate position is favoured.
+
+    Args:
+        slate_size: None (``Discrete(K)`` action) or ``S`` (slate action).
+        seed: seeds the tie-breaking / sampling generator.
+    """
+
+    name = "recommender"
+    privileged = False
+
+    def __init__(self, slate_size: int | None = None, seed: int = 0):
+        self.slate_size = slate_size
+        self.rng = np.random.default_rng(seed)
+
+    def scores(self, observation: dict[str, np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict(self, observation, state=None, episode_start=None, deterministic: bool = True):
+        """``(actions, state)``: ``(B,)`` or ``(B, S)`` int64 positions; ``state`` unchanged."""
+        scores = np.asarray(self.scores(observation), dtype=np.float64)
+        scores = scores + 1e-9 * self.rng.random(scores.shape)
+        return top_positions(scores, self.slate_size), state
+
+    def observe(self, info: dict[str, Any]) -> None:
+        """Receive the info that came with the next observation (no-op by default)."""
+
+    def update(self, observation, actions, reward, info) -> None:
+        """Learn from one step's feedback (no-op by default)."""
+
+
+class RandomRecommender(Recommender):
+    """Uniformly random candidate(s): the floor every strategy must clear."""
+
+    name = "random"
+
+    def scores(self, observation):
+        batch = np.shape(observation["candidate_items"])[:2]
+        return self.rng.random(batch)
+
+
+class PopularRecommender(Recommender):
+    """Most popular candidate(s): popularity = clicks per item in the logs.
+
+    Args:
+        popularity: ``(N,)`` clicks (or any popularity score) per item row.
+        item_table: ``(N, d)`` fused vectors, to find rows in ``embeddings`` mode.
+    """
+
+    name = "popular"
+
+    def __init__(self, popularity, item_table: torch.Tensor, slate_size=None, seed: int = 0):
+        super().__init__(slate_size, seed)
+        self.popularity = np.asarray(popularity, dtype=np.float64)
+        if self.popularity.ndim != 1 or self.popularity.shape[0] != item_table.shape[0]:
+            raise ValueError(
+                f"popularity must be (N,) with N={item_table.shape[0]} items; "
+                f"got {self.popularity.shape}"
+            )
+        self.item_table = item_table
+
+    @classmethod
+    def from_log(cls, log, item_table: torch.Tensor, slate_size=None, seed: int = 0):
+        """Click counts per item from an `recsim_mm.logs.InteractionLog`."""
+        counts = np.zeros(item_table.shape[0])
+        hit = log.clicked_slot >= 0
+        rows = log.candidate_items[hit, log.shown[hit, log.clicked_slot[hit]]]
+        np.add.at(counts, rows, 1.0)
+        return cls(counts, item_table, slate_size, seed)
+
+    def scores(self, observation):
+        return self.popularity[candidate_rows(observation, self.item_table)]
+
+
+class OracleRecommender(Recommender):
+    """PRIVILEGED: ranks candidates by their true affinity to the user, from ``info``.
+
+    It reads ``info["candidate_affinity"]`` ``(B, K)``, ground truth no real system
+    has, so it is an upper bound for myopic (one-step greedy) play, not a strategy.
+    """
+
+    name = "oracle"
+    privileged = True
+
+    def __init__(self, slate_size=None, seed: int = 0):
+        super().__init__(slate_size, seed)
+        self._affinity: np.ndarray | None = None
+
+    def observe(self, info):
+        if "candidate_affinity" not in info:
+            raise KeyError(
+                "the oracle needs info['candidate_affinity']; create the env with track_truth=True"
+            )
+        self._affinity = np.asarray(info["candidate_affinity"], dtype=np.float64)
+
+    def scores(self, observation):
+        if self._affinity is None:
+            raise RuntimeError("OracleRecommender.observe(info) must run before predict()")
+        return self._affinity
+
+
+class LinUCBRecommender(Recommender):
+    """Contextual bandit (LinUCB, shared parameters) over the item vectors.
+
+    The context of candidate i for a user is ``x = [v_i, v_i * u]`` where ``v_i`` is the
+    candidate's fused vector and ``u`` the mean vector of the items the user clicked in
+    the observed history (zeros before any click). Score
+    ``theta^T x + alpha * sqrt(x^T A^{-1} x)``, with ``A = lambda I + sum x x^T`` and
+    ``theta = A^{-1} b``, ``b = sum reward * x`` over the recommended items. It learns
+    online, from the users it serves, and is myopic by construction.
+
+    Args:
+        item_table: ``(N, d)`` fused item vectors.
+        alpha: exploration width.
+        ridge: ``lambda``.
+    """
+
+    name = "linucb"
+
+    def __init__(self, item_table: torch.Tensor, alpha: float = 0.5, ridge: float = 1.0,
+                 slate_size=None, seed: int = 0):
+        super().__init__(slate_size, seed)
+        if alpha < 0 or ridge <= 0:
+            raise ValueError(f"LinUCB needs alpha >= 0 and ridge > 0; got alpha={alpha}, ridge={ridge}")
+        self.table = item_table.detach().cpu().double().numpy()
+        d = 2 * self.table.shape[1]
+        self.alpha = alpha
+        self.A = ridge * np.eye(d)
+        self.b = np.zeros(d)
+        self._A_inv = np.linalg.inv(self.A)
+
+    def _vectors(self, observation, key: str) -> np.ndarray:
+        value = np.asarray(observation[key])
+        if np.issubdtype(value.dtype, np.integer):
+            return self.table[value]
+        return value.astype(np.float64)
+
+    def _contexts(self, observation) -> np.ndarray:
+        candidates = self._vectors(observation, "candidate_items")  # (B, K, d)
+        history = self._vectors(observation, "history_items")  # (B, H, d)
+        weight = np.asarray(observation["history_mask"]) * np.asarray(observation["history_feedback"])[..., 0]
+        profile = (history * weight[..., None]).sum(1) / np.maximum(weight.sum(1, keepdims=True), 1.0)
+        return np.concatenate([candidates, candidates * profile[:, None, :]], axis=-1)
+
+    def scores(self, observation):
+        x = self._contexts(observation)
+        theta = self._A_inv @ self.b
+        width = np.sqrt(np.einsum("bkd,de,bke->bk", x, self._A_inv, x))
+        return x @ theta + self.alpha * width
+
+    def update(self, observation, actions, reward, info):
+        x = self._contexts(observation)
+        chosen = np.asarray(actions).reshape(len(x), -1)[:, 0]
+        valid = np.asarray(info.get("_click", np.ones(len(x), dtype=bool)), dtype=bool)
+        x_chosen = x[np.arange(len(x)), chosen][valid]
+        r = np.asarray(reward, dtype=np.float64)[valid]
+        self.A += x_chosen.T @ x_chosen
+        self.b += x_chosen.T @ r
+        self._A_inv = np.linalg.inv(self.A)

@@ -1,0 +1,156 @@
+"""Evaluation of any recommender on held-out users: one episode per user, batched.
+
+Every strategy is scored the same way: B fresh users (seeded, disjoint from training
+users through the seed) each play one episode in the native vector env against the
+TRUE simulator reward, whatever reward the strategy was trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from agents.baselines import candidate_rows
+
+
+@dataclass
+class EvalResult:
+    """Per-user episode metrics of one strategy (arrays of shape ``(B,)``) and totals.
+
+    Attributes:
+        episode_return: true simulator return per user.
+        clicks: clicks per user.
+        engagement: total engagement per user, minutes.
+        session_length: steps until the episode ended (terminated or truncated).
+        session_diversity: ``1 - mean pairwise cosine`` of the items a user clicked
+            (NaN with fewer than two clicks).
+        novelty: mean ``-log2`` popularity share of the recommended items (NaN without
+            a popularity table).
+        coverage: distinct recommended items / catalog size, over all users.
+        trajectories: per-step hidden state for the first ``trace_users`` users (for
+            plots of how interests move); keys from the user model's hidden state.
+    """
+
+    episode_return: np.ndarray
+    clicks: np.ndarray
+    engagement: np.ndarray
+    session_length: np.ndarray
+    session_diversity: np.ndarray
+    novelty: np.ndarray
+    coverage: float
+    trajectories: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, float]:
+        """Scalar metrics averaged over users (NaNs ignored where a user has none)."""
+        steps = np.maximum(self.session_length, 1)
+        return {
+            "episode_return": float(self.episode_return.mean()),
+            "ctr": float((self.clicks / steps).mean()),
+            "engagement_per_step": float((self.engagement / steps).mean()),
+            "session_length": float(self.session_length.mean()),
+            "session_diversity": _nanmean(self.session_diversity),
+            "novelty": _nanmean(self.novelty),
+            "coverage": float(self.coverage),
+        }
+
+
+def _nanmean(x: np.ndarray) -> float:
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if x.size else float("nan")
+
+
+def _pairwise_diversity(vectors: list[np.ndarray]) -> float:
+    if len(vectors) < 2:
+        return float("nan")
+    v = np.stack(vectors)
+    v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    sim = v @ v.T
+    n = len(v)
+    return float(1.0 - (sim.sum() - n) / (n * (n - 1)))
+
+
+def evaluate_policy(
+    policy: Any,
+    env: Any,
+    seed: int,
+    item_table: torch.Tensor,
+    popularity: np.ndarray | None = None,
+    max_steps: int | None = None,
+    trace_users: int = 0,
+) -> EvalResult:
+    """Run one episode for each of the ``env.num_envs`` users under ``policy``.
+
+    Args:
+        policy: anything with SB3's ``predict(obs, deterministic=True)``; optional
+            ``observe(info)`` / ``update(obs, actions, reward, info)`` hooks
+            (see `agents.baselines`).
+        env: an `envs.vector_env.RecVectorEnv` (``NEXT_STEP`` autoreset).
+        seed: reset seed; held-out users come from seeds never used in training.
+        item_table: ``(N, d)`` fused item vectors (``item_space.fused``).
+        popularity: optional ``(N,)`` click counts, for novelty.
+        max_steps: safety bound on steps (default: the env's ``max_steps`` + 1).
+        trace_users: record the hidden state of this many users per step.
+
+    Returns:
+        An `EvalResult` over the B users.
+    """
+    obs, info = env.reset(seed=seed)
+    num_users = env.num_envs
+    alive = np.ones(num_users, dtype=bool)
+    ret = np.zeros(num_users)
+    clicks = np.zeros(num_users)
+    engagement = np.zeros(num_users)
+    length = np.zeros(num_users, dtype=np.int64)
+    clicked_vectors: list[list[np.ndarray]] = [[] for _ in range(num_users)]
+    recommended: list[np.ndarray] = []
+    table = item_table.detach().cpu().numpy()
+    share = None
+    if popularity is not None:
+        share = (np.asarray(popularity, dtype=np.float64) + 1.0) / (np.sum(popularity) + len(popularity))
+    novelty_sum = np.zeros(num_users)
+    traces: dict[str, list[np.ndarray]] = {}
+    limit = max_steps if max_steps is not None else env.simulator.max_steps + 1
+    for _ in range(limit):
+        if hasattr(policy, "observe"):
+            policy.observe(info)
+        actions, _ = policy.predict(obs, deterministic=True)
+        actions = np.asarray(actions)
+        rows = candidate_rows(obs, item_table)
+        first = actions if actions.ndim == 1 else actions[:, 0]
+        shown = rows[np.arange(num_users), first]
+        recommended.append(shown[alive])
+        if share is not None:
+            novelty_sum[alive] += -np.log2(share[shown[alive]])
+        next_obs, reward, terminated, truncated, info = env.step(actions)
+        if hasattr(policy, "update"):
+            policy.update(obs, actions, reward, info)
+        ret[alive] += reward[alive]
+        clicks[alive] += info["click"][alive]
+        engagement[alive] += info["engagement"][alive]
+        length[alive] += 1
+        for row in np.flatnonzero(alive & info["click"].astype(bool)):
+            clicked_vectors[row].append(table[info["clicked_item"][row]])
+        for key in ("modality_weight", "time_left", "satiation"):
+            if trace_users and key in info:
+                traces.setdefault(key, []).append(np.asarray(info[key][:trace_users], dtype=np.float64))
+        alive &= ~(terminated | truncated)
+        obs = next_obs
+        if not alive.any():
+            break
+    else:
+        raise RuntimeError(f"evaluation did not finish within {limit} steps; some users never ended")
+    novelty = novelty_sum / np.maximum(length, 1) if share is not None else np.full(num_users, np.nan)
+    coverage = len(np.unique(np.concatenate(recommended))) / len(table)
+    return EvalResult(
+        episode_return=ret,
+        clicks=clicks,
+        engagement=engagement,
+        session_length=length,
+        session_diversity=np.array([_pairwise_diversity(v) for v in clicked_vectors]),
+        novelty=novelty,
+        coverage=coverage,
+        trajectories={k: np.stack(v) for k, v in traces.items()},
+    )
