@@ -8,12 +8,20 @@ Sources (fractions of K, the rest uniform at random over the catalog):
   within the observed history; uniform when the user has clicked nothing yet.
 - the rest: uniform over all items.
 
-Candidates within a row are distinct: duplicates (and, with ``exclude_consumed``,
-items the user already clicked this episode) are redrawn uniformly until none is left,
-which keeps uniform candidate sets exactly uniform over ordered K-tuples of distinct
-items. Generators whose sources do not read user state draw many steps' worth of
-candidates at once (one batch of torch calls per block, not per step), which is what
-makes the single-user environment fast; the result is the same stream of draws.
+Candidates within a row are always distinct.
+
+Default (all uniform, nothing excluded): each set is a random cyclic shift
+``(T + s) mod N`` of a tuple ``T`` drawn from a fixed pool of ``P`` distinct K-tuples
+(built once per generator by exact rejection sampling, ``P`` about a million
+entries / K). Because shifting a uniform distinct tuple gives a uniform distinct
+tuple, every item is equally likely at every position and a set never repeats an
+item; the sets are drawn from a finite family of ``P * N`` tuples rather than all of
+them, which is what makes a step cost two random numbers per user instead of K plus
+a duplicate check. Mixed sources and ``exclude_consumed`` draw per position and
+redraw duplicates (and consumed items) uniformly until none is left, which is exact
+but slower. Generators whose sources do not read user state draw many steps' worth
+of candidates at once (one batch of torch calls per block, not per step), which is
+what makes the single-user environment fast; the result is the same stream of draws.
 """
 
 from __future__ import annotations
@@ -30,6 +38,10 @@ from recsim_mm.item_space import ItemSpace
 _MAX_REDRAW_ROUNDS = 32
 #: Rows drawn per block when candidates do not depend on user state (amortises call overhead).
 _STREAM_BLOCK_ROWS = 4096
+#: Entries (rows x K) of the pool of distinct tuples behind uniform candidate sets.
+_POOL_ENTRIES = 2**20
+#: Seed of the pool (a fixed function of N and K; the simulation seed picks from it).
+_POOL_SEED = 20240601
 
 
 @dataclass(frozen=True)
@@ -129,6 +141,12 @@ class CandidateGenerator:
         )
         self._block: torch.Tensor | None = None
         self._block_used = 0
+        self._pool: torch.Tensor | None = None
+
+    @property
+    def uniform(self) -> bool:
+        """Whether every candidate is uniform over the catalog (the shifted-pool path)."""
+        return self.num_popular == 0 and self.num_similar == 0
 
     @property
     def reads_state(self) -> bool:
@@ -206,8 +224,14 @@ class CandidateGenerator:
         history_items: torch.Tensor | None,
         history_clicked: torch.Tensor | None,
     ) -> torch.Tensor:
-        """``(r, K)`` int64 candidates from the configured sources, duplicates possible."""
+        """``(r, K)`` int64 candidates from the configured sources (duplicates possible
+        with mixed sources; the uniform path is distinct by construction)."""
         n, k, dev = self.num_items, self.num_candidates, self.device
+        if self.uniform:
+            pool = self._uniform_pool()
+            pick = torch.randint(pool.shape[0], (r,), generator=generator, device=dev)
+            shift = torch.randint(n, (r, 1), generator=generator, device=dev)
+            return pool[pick].add_(shift).remainder_(n)
         cand = torch.randint(n, (r, k), generator=generator, device=dev)
         start = 0
         if self.num_popular:
@@ -227,14 +251,33 @@ class CandidateGenerator:
             cand[:, start : start + s] = torch.where(valid, similar, block)
         return cand
 
+    def _uniform_pool(self) -> torch.Tensor:
+        """``(P, K)`` int64 distinct uniform K-tuples, built on first use (exact rejection)."""
+        if self._pool is None:
+            n, k = self.num_items, self.num_candidates
+            g = torch.Generator(device=self.device)
+            g.manual_seed(_POOL_SEED)
+            size = max(1024, _POOL_ENTRIES // k)
+            pool = torch.randint(n, (size, k), generator=g, device=self.device)
+            self._pool = self._redraw_duplicates(pool, None, g)
+        return self._pool
+
     def _make_distinct(
         self, cand: torch.Tensor, rows: torch.Tensor | None, generator: torch.Generator
     ) -> torch.Tensor:
-        """Redraw duplicate (and consumed) entries uniformly until every row is valid."""
-        n = self.num_items
+        """Valid candidates: distinct (uniform path: already) and, if asked, not consumed."""
         consumed = None
         if self._consumed is not None:
             consumed = self._consumed if rows is None else self._consumed[rows]
+        if self.uniform and consumed is None:
+            return cand
+        return self._redraw_duplicates(cand, consumed, generator)
+
+    def _redraw_duplicates(
+        self, cand: torch.Tensor, consumed: torch.Tensor | None, generator: torch.Generator
+    ) -> torch.Tensor:
+        """Redraw repeated (and consumed) entries uniformly until every row is valid."""
+        n = self.num_items
         for _ in range(_MAX_REDRAW_ROUNDS):
             bad = self._invalid(cand, consumed)
             count = int(bad.sum())
@@ -245,13 +288,18 @@ class CandidateGenerator:
 
     @staticmethod
     def _invalid(cand: torch.Tensor, consumed: torch.Tensor | None) -> torch.Tensor:
-        """``(R, K)`` bool: later copies of a repeated item (stable sort), and consumed items."""
-        ordered, order = cand.sort(dim=1, stable=True)
-        repeat = torch.zeros_like(ordered, dtype=torch.bool)
-        repeat[:, 1:] = ordered[:, 1:] == ordered[:, :-1]
-        bad = torch.zeros_like(repeat).scatter_(1, order, repeat)
+        """``(R, K)`` bool: an item already offered at an earlier position, or consumed."""
+        # K - 1 comparisons of a position with the positions before it (on the
+        # transposed, contiguous layout): cheaper than a sort for small K, and which
+        # copy gets redrawn (the later one) does not depend on item labels, which keeps
+        # the redrawn sets uniform.
+        by_position = cand.T.contiguous()
+        bad = torch.zeros(by_position.shape, dtype=torch.bool, device=cand.device)
+        for j in range(1, by_position.shape[0]):
+            torch.any(by_position[:j] == by_position[j], dim=0, out=bad[j])
+        bad = bad.T
         if consumed is not None:
-            bad |= consumed.gather(1, cand)
+            bad = bad | consumed.gather(1, cand)
         return bad
 
     def _exact_fallback(

@@ -17,10 +17,11 @@ Observation (views into preallocated buffers, leading dim B; see docs/environmen
 - ``user_features``: ``(B, F)`` float32, only if the user model has features.
 
 The history records, per step, the item the user clicked, or (no click) the item in
-slate position 0, with its feedback. It lives in a ring buffer of 2H slots shared by
-all users: each step writes the new entry at slots ``p`` and ``p + H``, so the H most
-recent entries are always the contiguous window ``[p + 1, p + H]``, most recent last,
-and producing the observation copies nothing.
+slate position 0, with its feedback. It lives in a buffer of 2H slots per user whose
+window of the H most recent entries starts at an offset shared by all users (they
+all step together): a step writes one slot and moves the window by one; every H + 1
+steps the window is copied back to the front. The observation is a view of the
+window, so producing it copies nothing.
 """
 
 from __future__ import annotations
@@ -139,12 +140,12 @@ class Simulator:
         self.generator = torch.Generator(device=dev)
         self.generator.manual_seed(0 if seed is None else int(seed))
 
-        # History ring buffer (2H slots, shared write pointer; see module docstring).
+        # History buffers (2H slots; window [start, start + H), see module docstring).
         self._hist_items = torch.zeros(b, 2 * h, dtype=torch.long, device=dev)
-        self._hist_feedback = torch.zeros(b, 2 * h, 2, device=dev)
-        self._hist_mask = torch.zeros(b, 2 * h, device=dev)
+        # [clicked, engagement, mask] side by side: one write per step for all three.
+        self._hist_feedback = torch.zeros(b, 2 * h, 3, device=dev)
         self._hist_vectors = torch.zeros(b, 2 * h, d, device=dev) if obs_mode == "embeddings" else None
-        self._ptr = h - 1
+        self._start = 0
         self.candidates = torch.zeros(b, k, dtype=torch.long, device=dev)
         self._candidate_vectors = torch.zeros(b, k, d, device=dev) if obs_mode == "embeddings" else None
         # Two affinity buffers, swapped each step: the one of the candidates just acted
@@ -153,6 +154,7 @@ class Simulator:
         self._previous_affinity = torch.zeros(b, k, device=dev)
         self.steps = torch.zeros(b, dtype=torch.int32, device=dev)
         self._all_rows = torch.arange(b, device=dev)
+        self._ones = torch.ones(b, device=dev)
         self._checked_user_outputs = False
 
     # ------------------------------------------------------------------ reset
@@ -165,7 +167,7 @@ class Simulator:
         if seed is not None:
             self.generator.manual_seed(int(seed))
             self.candidate_generator.clear()
-        self._ptr = self.history_length - 1
+        self._start = 0
         self.reset_rows(self._all_rows)
         return self.observation()
 
@@ -182,7 +184,6 @@ class Simulator:
         self.users.sample(rows, self.generator)
         self._hist_items[rows] = 0
         self._hist_feedback[rows] = 0
-        self._hist_mask[rows] = 0
         if self._hist_vectors is not None:
             self._hist_vectors[rows] = 0
         self.steps[rows] = 0
@@ -273,19 +274,24 @@ class Simulator:
 
     def _write_history(self, item: torch.Tensor, click: torch.Tensor, engagement: torch.Tensor) -> None:
         h = self.history_length
-        self._ptr = p = (self._ptr + 1) % h
-        feedback = torch.stack([click.float(), engagement], dim=1)
-        for slot in (p, p + h):
-            self._hist_items[:, slot] = item
-            self._hist_feedback[:, slot] = feedback
-            self._hist_mask[:, slot] = 1.0
-            if self._hist_vectors is not None:
-                torch.index_select(self._fused, 0, item, out=self._hist_vectors[:, slot])
+        buffers = [self._hist_items, self._hist_feedback]
+        if self._hist_vectors is not None:
+            buffers.append(self._hist_vectors)
+        start = self._start + 1
+        if start > h:  # the window would run past the buffer: move its H - 1 newest entries to the front
+            for buf in buffers:
+                buf[:, : h - 1] = buf[:, start : start + h - 1]
+            start = 0
+        self._start = start
+        newest = start + h - 1
+        self._hist_items[:, newest] = item
+        self._hist_feedback[:, newest] = torch.stack([click.float(), engagement, self._ones], dim=1)
+        if self._hist_vectors is not None:
+            torch.index_select(self._fused, 0, item, out=self._hist_vectors[:, newest])
 
     def _draw_candidates(self, rows: torch.Tensor | None) -> None:
         """New candidates (and their vectors and true affinities) for ``rows`` (None: all)."""
-        h, p = self.history_length, self._ptr
-        window = slice(p + 1, p + 1 + h)
+        window = slice(self._start, self._start + self.history_length)
         items = self._hist_items[:, window]
         clicked = self._hist_feedback[:, window, 0] > 0
         if rows is not None:
@@ -322,14 +328,14 @@ class Simulator:
 
         The views change on the next `step`/`reset`; copy them to keep them.
         """
-        h, p = self.history_length, self._ptr
-        window = slice(p + 1, p + 1 + h)
+        window = slice(self._start, self._start + self.history_length)
+        feedback = self._hist_feedback[:, window]
         history = self._hist_vectors if self._hist_vectors is not None else self._hist_items
         candidates = self._candidate_vectors if self._candidate_vectors is not None else self.candidates
         obs = {
             "history_items": history[:, window],
-            "history_feedback": self._hist_feedback[:, window],
-            "history_mask": self._hist_mask[:, window],
+            "history_feedback": feedback[..., :2],
+            "history_mask": feedback[..., 2],
             "candidate_items": candidates,
             "time_left": self.users.time_left().unsqueeze(1),
         }

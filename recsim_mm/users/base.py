@@ -140,6 +140,14 @@ class UserModel(abc.ABC):
             "override features()"
         )
 
+    def max_time_left(self) -> float:
+        """Upper bound of `time_left` in minutes (observation space bound); default ``inf``."""
+        return float("inf")
+
+    def max_engagement(self) -> float:
+        """Upper bound of one step's engagement in minutes (observation space bound); default ``inf``."""
+        return float("inf")
+
     def hidden_state(self) -> dict[str, torch.Tensor]:
         """Per-user hidden quantities for analysis ``info`` (each ``(B,)`` float32); default none."""
         return {}

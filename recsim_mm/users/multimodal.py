@@ -44,6 +44,9 @@ from recsim_mm.choice import CHOICE_MODELS, make_choice_model
 from recsim_mm.item_space import ItemSpace
 from recsim_mm.users.base import UserModel, UserResponse
 
+#: Users per chunk when gathering candidate vectors for true affinities (cache-sized).
+_AFFINITY_CHUNK = 512
+
 
 @dataclass(frozen=True)
 class MultimodalUserConfig:
@@ -51,6 +54,8 @@ class MultimodalUserConfig:
 
     Attributes:
         favourite_topics: topics whose mean embeddings seed a user's interests.
+        topic_concentration: Dirichlet concentration of the mixing weights over the
+            favourite topics (large: balanced interests; small: one dominant topic).
         interest_noise: norm of the Gaussian noise added to the topic mix before
             normalising (0: interests exactly at the topic mix).
         modality_beta: ``(alpha, beta)`` of the Beta distribution of the modality
@@ -61,7 +66,7 @@ class MultimodalUserConfig:
         no_click_utility: utility of clicking nothing.
         engagement_gain: slope of the watched fraction in utility.
         engagement_midpoint: utility at which half the item is watched.
-        engagement_noise: std of the logit noise on the watched fraction.
+        engagement_noise: scale of the logistic noise on the watched-fraction logit.
         satiation_strength: utility lost per unit of satiation (0: no satiation).
         satiation_decay: per-step decay factor of the satiation memory, in [0, 1).
         drift_rate: fraction of the way interests move toward a fully watched item
@@ -74,7 +79,8 @@ class MultimodalUserConfig:
         disappointment_threshold: watched fraction below which a click disappoints.
     """
 
-    favourite_topics: int = 2
+    favourite_topics: int = 3
+    topic_concentration: float = 3.0
     interest_noise: float = 0.3
     modality_beta: tuple[float, float] = (2.0, 2.0)
     quality_weight: float = 0.2
@@ -84,10 +90,10 @@ class MultimodalUserConfig:
     engagement_gain: float = 6.0
     engagement_midpoint: float = 0.3
     engagement_noise: float = 0.5
-    satiation_strength: float = 0.1
+    satiation_strength: float = 0.3
     satiation_decay: float = 0.7
     drift_rate: float = 0.05
-    time_budget: float = 60.0
+    time_budget: float = 120.0
     time_budget_spread: float = 0.25
     step_cost: float = 0.5
     refund_rate: float = 0.5
@@ -97,6 +103,7 @@ class MultimodalUserConfig:
     def __post_init__(self) -> None:
         checks = {
             "favourite_topics": self.favourite_topics >= 1,
+            "topic_concentration": self.topic_concentration > 0,
             "interest_noise": self.interest_noise >= 0,
             "modality_beta": len(self.modality_beta) == 2 and min(self.modality_beta) > 0,
             "choice_model": self.choice_model in CHOICE_MODELS,
@@ -110,11 +117,12 @@ class MultimodalUserConfig:
             "time_budget_spread": 0 <= self.time_budget_spread < 1,
             "step_cost": self.step_cost >= 0,
             "refund_rate": 0 <= self.refund_rate < 1,
-            "patience": isinstance(self.patience, int) and self.patience >= 1,
-            "disappointment_threshold": 0 <= self.disappointment_threshold <= 1,
+            "patience": isinstance(self.patience, int) and not isinstance(self.patience, bool) and self.patience >= 1,
+            "disappointment_threshold": 0 < self.disappointment_threshold <= 1,
         }
         expected = {
             "favourite_topics": ">= 1",
+            "topic_concentration": "> 0",
             "interest_noise": ">= 0",
             "modality_beta": "two positive numbers (alpha, beta)",
             "choice_model": f"one of {sorted(CHOICE_MODELS)}",
@@ -129,7 +137,7 @@ class MultimodalUserConfig:
             "step_cost": ">= 0 minutes",
             "refund_rate": "in [0, 1) (a refund of 1 or more would make sessions endless)",
             "patience": "an integer >= 1",
-            "disappointment_threshold": "in [0, 1]",
+            "disappointment_threshold": "in (0, 1] (a no-click step always disappoints)",
         }
         for name, ok in checks.items():
             if not ok:
@@ -191,10 +199,16 @@ class MultimodalUser(UserModel):
         **params: fields of `MultimodalUserConfig` overriding the class's
             ``default_config`` (unknown names raise `ValueError`).
 
-    State (all leading dim ``B``): ``interest`` ``(B, d)`` float32 = [text interest |
-    image interest], each part unit-norm; ``modality_weight`` ``(B,)``; ``satiation``
-    ``(B, d)`` memory; ``budget`` ``(B,)`` minutes; ``disappointments`` ``(B,)``
-    consecutive count; ``left`` ``(B,)`` bool.
+    State (leading dim ``B``): ``interest`` ``(B, d)`` float32 = [text interest |
+    image interest], each part unit-norm; ``modality_weight`` ``(B,)``;
+    ``satiation`` ``(B, d)`` memory; ``budget`` ``(B,)`` minutes;
+    ``disappointments`` ``(B,)`` consecutive count; ``left`` ``(B,)`` bool.
+
+    Hot-path layout: items are one table ``(N, d + 2)`` = [fused | quality - 0.5 |
+    duration] and each user one "probe" ``(d + 2, 2)`` whose first column is
+    [modality-weighted interest | quality_weight | 0] and second [satiation memory |
+    0 | 0]; a single batched matmul of the gathered slate rows with the probes yields
+    affinity + quality term and satiation for every slate item at once.
     """
 
     default_config: ClassVar[MultimodalUserConfig] = MultimodalUserConfig()
@@ -211,16 +225,19 @@ class MultimodalUser(UserModel):
         cfg, space, dev = self.config, self.item_space, self.device
         self.choice = make_choice_model(cfg.choice_model, cfg.choice_temperature, cfg.no_click_utility)
         self.d_text, self.dim = space.d_text, space.dim
-        self._fused = space.fused
-        # quality and duration side by side: one gather per step instead of two.
-        self._quality_duration = torch.stack([space.quality, space.duration], dim=1)
-        self._centres_text, self._centres_image = self._topic_centres(space)
         b, d = num_users, space.dim
+        self._table = torch.cat([space.fused, (space.quality - 0.5)[:, None], space.duration[:, None]], dim=1)
+        # (d, 2) one-hot map from a column to its modality: per-part norms and weights by matmul.
+        self._segments = torch.zeros(d, 2, device=dev)
+        self._segments[: self.d_text, 0] = 1
+        self._segments[self.d_text :, 1] = 1
+        self._centres_text, self._centres_image = self._topic_centres(space)
         self.interest = torch.zeros(b, d, device=dev)
         self.modality_weight = torch.zeros(b, device=dev)
-        # interest scaled by the modality weights: affinity(x) = <x, self._weighted>.
-        self._weighted = torch.zeros(b, d, device=dev)
-        self.satiation = torch.zeros(b, d, device=dev)
+        self._probe = torch.zeros(b, d + 2, 2, device=dev)
+        self._probe[:, d, 0] = cfg.quality_weight
+        self._weighted = self._probe[:, :d, 0]  # view: interest scaled by modality weights
+        self.satiation = self._probe[:, :d, 1]  # view
         self.budget = torch.zeros(b, device=dev)
         self.disappointments = torch.zeros(b, device=dev)
         self.left = torch.zeros(b, dtype=torch.bool, device=dev)
@@ -252,8 +269,8 @@ class MultimodalUser(UserModel):
         pool = centres_text.shape[0]
         k = min(cfg.favourite_topics, pool)
         favourite = torch.rand(r, pool, generator=generator, device=dev).topk(k, dim=1).indices
-        # Dirichlet(1) mixing weights over the favourites.
-        mix = -torch.log(torch.rand(r, k, generator=generator, device=dev).clamp_min_(1e-20))
+        # Dirichlet(topic_concentration) mixing weights over the favourites.
+        mix = sample_gamma(cfg.topic_concentration, r * k, generator, dev).view(r, k)
         mix /= mix.sum(1, keepdim=True)
 
         def part(centres: torch.Tensor) -> torch.Tensor:
@@ -263,60 +280,56 @@ class MultimodalUser(UserModel):
             v = v + cfg.interest_noise * noise / math.sqrt(width)
             return torch.nn.functional.normalize(v, dim=-1)
 
-        self.interest[rows, : self.d_text] = part(centres_text)
-        self.interest[rows, self.d_text :] = part(centres_image)
+        self.interest[rows] = torch.cat([part(centres_text), part(centres_image)], dim=1)
         a, b = cfg.modality_beta
         self.modality_weight[rows] = sample_beta(a, b, r, generator, dev)
-        self._reweight(rows)
+        self._weighted[rows] = self.interest[rows] * self._column_weights(rows)
         self.satiation[rows] = 0
         spread = 2 * torch.rand(r, generator=generator, device=dev) - 1
         self.budget[rows] = cfg.time_budget * (1 + cfg.time_budget_spread * spread)
         self.disappointments[rows] = 0
         self.left[rows] = False
 
-    def _reweight(self, rows: torch.Tensor | slice) -> None:
-        a = self.modality_weight[rows].unsqueeze(1)
-        self._weighted[rows, : self.d_text] = self.interest[rows, : self.d_text] * a
-        self._weighted[rows, self.d_text :] = self.interest[rows, self.d_text :] * (1 - a)
+    def _column_weights(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """``(R, d)``: ``a`` on the text columns, ``1 - a`` on the image columns."""
+        a = self.modality_weight if rows is None else self.modality_weight[rows]
+        return torch.stack([a, 1 - a], dim=1) @ self._segments.T
 
     # ---------------------------------------------------------------- step
-    def utility(self, items: torch.Tensor, fused: torch.Tensor | None = None) -> torch.Tensor:
-        """``(B, K)`` float32 utility of items (affinity + quality - satiation penalty).
+    def utility(self, items: torch.Tensor) -> torch.Tensor:
+        """``(B, S)`` float32 utility of items: affinity + quality term - satiation penalty.
 
         Args:
-            items: ``(B, K)`` int64 item rows.
-            fused: optional ``(B, K, d)`` fused vectors of ``items`` (saves a gather).
+            items: ``(B, S)`` int64 item rows.
         """
-        cfg = self.config
-        x = self._fused[items] if fused is None else fused
-        u = torch.bmm(x, self._weighted.unsqueeze(2)).squeeze(2)
-        if cfg.quality_weight:
-            u += cfg.quality_weight * (self._quality_duration[items, 0] - 0.5)
-        if cfg.satiation_strength:
-            sat = torch.bmm(x, self.satiation.unsqueeze(2)).squeeze(2).clamp_min_(0)
-            u -= cfg.satiation_strength * sat
-        return u
+        return self._utility(self._table[items])
+
+    def _utility(self, rows: torch.Tensor) -> torch.Tensor:
+        scores = torch.bmm(rows, self._probe)  # (B, S, 2): [affinity + quality term, satiation]
+        utility = scores[..., 0]
+        if self.config.satiation_strength:
+            utility = utility - self.config.satiation_strength * scores[..., 1].clamp_min(0)
+        return utility
 
     def respond(self, slate: torch.Tensor, generator: torch.Generator) -> UserResponse:
-        cfg = self.config
-        x = self._fused[slate]  # (B, S, d)
-        utility = self.utility(slate, fused=x)
+        cfg, d = self.config, self.dim
+        rows = self._table[slate]  # (B, S, d + 2)
+        utility = self._utility(rows)
         clicked = self.choice.choose(utility, generator)
-        pos = clicked.clamp_min(0)
-        did = clicked >= 0
         if slate.shape[1] == 1:
-            chosen_utility, item = utility[:, 0], slate[:, 0]
-            self._chosen.copy_(x[:, 0])
+            chosen, chosen_utility = rows[:, 0], utility[:, 0]
         else:
+            pos = clicked.clamp_min(0)
+            chosen = rows[self._rows, pos]
             chosen_utility = utility.gather(1, pos.unsqueeze(1)).squeeze(1)
-            item = slate.gather(1, pos.unsqueeze(1)).squeeze(1)
-            self._chosen.copy_(x[self._rows, pos])
-        noise = torch.randn(chosen_utility.shape, generator=generator, device=self.device)
-        watched = torch.sigmoid(
-            cfg.engagement_gain * (chosen_utility - cfg.engagement_midpoint) + cfg.engagement_noise * noise
-        )
-        self._watched = watched.mul_(did)
-        minutes = torch.minimum(watched * self._quality_duration[item, 1], self.budget)
+        self._chosen.copy_(chosen[:, :d])
+        # Watched fraction: logistic in utility, with logistic noise (logit of a uniform).
+        u = torch.rand(chosen_utility.shape, generator=generator, device=self.device)
+        watched = torch.logit(u, eps=1e-6).mul_(cfg.engagement_noise)
+        watched.add_(chosen_utility, alpha=cfg.engagement_gain).sub_(cfg.engagement_gain * cfg.engagement_midpoint)
+        watched.sigmoid_().mul_(clicked >= 0)
+        self._watched = watched
+        minutes = torch.minimum(watched * chosen[:, d + 1], self.budget)
         return UserResponse(clicked=clicked, engagement=minutes)
 
     def transition(self, slate: torch.Tensor, response: UserResponse, generator: torch.Generator) -> None:
@@ -329,13 +342,13 @@ class MultimodalUser(UserModel):
         if cfg.drift_rate:
             step = (cfg.drift_rate * watched).unsqueeze(1)
             self.interest.addcmul_(self._chosen - self.interest, step)
-            dt = self.d_text
-            self.interest[:, :dt] = torch.nn.functional.normalize(self.interest[:, :dt], dim=1)
-            self.interest[:, dt:] = torch.nn.functional.normalize(self.interest[:, dt:], dim=1)
-            self._reweight(slice(None))
-        minutes = response.engagement
-        self.budget.sub_(minutes * (1 - cfg.refund_rate * watched) + cfg.step_cost).clamp_min_(0)
-        disappointed = (response.clicked < 0) | (watched < cfg.disappointment_threshold)
+            # Renormalise each modality part: per-part squared norms via the segment map.
+            norms = (self.interest * self.interest) @ self._segments
+            self.interest.mul_(norms.rsqrt_() @ self._segments.T)
+            torch.mul(self.interest, self._column_weights(), out=self._weighted)
+        # Budget: pay the minutes and the browsing cost, get refund_rate * watched back per minute.
+        self.budget.addcmul_(response.engagement, watched * cfg.refund_rate - 1).sub_(cfg.step_cost).clamp_min_(0)
+        disappointed = watched < cfg.disappointment_threshold  # no click: watched = 0
         self.disappointments.add_(1).mul_(disappointed)
         self.left |= self.disappointments >= cfg.patience
 
@@ -355,9 +368,26 @@ class MultimodalUser(UserModel):
             rows: ``(R,)`` int64 user rows (``None``: all users).
             fused: optional ``(R, K, d)`` fused vectors of ``items`` (saves a gather).
         """
-        x = self._fused[items] if fused is None else fused
         weighted = self._weighted if rows is None else self._weighted[rows]
-        return torch.bmm(x, weighted.unsqueeze(2)).squeeze(2)
+        if fused is not None:
+            return torch.bmm(fused, weighted.unsqueeze(2)).squeeze(2)
+        out = torch.empty(items.shape, device=self.device)
+        # Chunks keep the gathered (chunk, K, d) block in cache instead of materialising
+        # all of (R, K, d) in memory.
+        for start in range(0, items.shape[0], _AFFINITY_CHUNK):
+            part = self._table[items[start : start + _AFFINITY_CHUNK], : self.dim]
+            w = weighted[start : start + _AFFINITY_CHUNK].unsqueeze(2)
+            torch.bmm(part, w, out=out[start : start + _AFFINITY_CHUNK].unsqueeze(2))
+        return out
+
+    def max_time_left(self) -> float:
+        # Refunds are below what consumption costs (refund_rate < 1, watched <= 1), so
+        # the budget never grows past its initial draw.
+        cfg = self.config
+        return cfg.time_budget * (1 + cfg.time_budget_spread)
+
+    def max_engagement(self) -> float:
+        return float(self.item_space.duration.max())
 
     def hidden_state(self) -> dict[str, torch.Tensor]:
         return {"modality_weight": self.modality_weight}
@@ -366,13 +396,13 @@ class MultimodalUser(UserModel):
 class InterestEvolutionUser(MultimodalUser):
     """RecSim-like: interests drift toward what the user consumes; mild satiation."""
 
-    default_config = MultimodalUserConfig(drift_rate=0.1, satiation_strength=0.1)
+    default_config = MultimodalUserConfig(drift_rate=0.1, satiation_strength=0.3, satiation_decay=0.7)
 
 
 class SatiationUser(MultimodalUser):
     """Strong, slowly decaying satiation and static interests: variety pays off over a session."""
 
-    default_config = MultimodalUserConfig(drift_rate=0.0, satiation_strength=0.5, satiation_decay=0.8)
+    default_config = MultimodalUserConfig(drift_rate=0.0, satiation_strength=2.0, satiation_decay=0.5)
 
 
 class MyopicUser(MultimodalUser):
