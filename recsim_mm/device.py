@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 
@@ -33,3 +37,31 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} asks for CUDA, but torch sees no CUDA device here")
     return resolved
+
+
+def default_cpu_threads() -> int:
+    """Torch threads that compute-heavy content code (encoders, fusion) uses on CPU
+    unless told otherwise: half the cores (at least 1, at most torch's setting).
+
+    Why not all cores: on this project's 2-core machine shared with other jobs, torch
+    on 2 threads collapsed (EfficientNet convolutions ~5x, a 600 x 1280 SVD ~60x
+    slower than on 1: threads spin at each barrier while their partner is
+    descheduled); half the cores keeps most of the speed on an idle machine and
+    avoids the collapse on a busy one.
+    """
+    return max(1, min(torch.get_num_threads(), (os.cpu_count() or 2) // 2))
+
+
+@contextmanager
+def cpu_threads(device: torch.device, num_threads: int | None = None) -> Iterator[None]:
+    """Run the block with ``num_threads`` torch threads on CPU (default
+    `default_cpu_threads`), restoring the previous setting after; no-op on CUDA."""
+    if device.type != "cpu":
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(num_threads or default_cpu_threads())
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -174,7 +174,8 @@ class EmbeddingCache:
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises several types for a damaged file
-            payload, problem = None, f"unreadable ({type(exc).__name__}: {exc})"
+            first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+            payload, problem = None, f"unreadable ({type(exc).__name__}: {first_line})"
         if problem is None:
             problem = self._validate(payload, identity)
         if problem is not None:

@@ -15,6 +15,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from recsim_mm.device import cpu_threads
+
 #: Valid values of ``alignment``.
 ALIGNMENTS = ("pca", "contrastive")
 
@@ -57,7 +59,8 @@ class PCAProjection:
             )
         x = x.double()  # float64: small eigenvalues of whitening stay accurate
         mean = x.mean(0)
-        _, s, vh = torch.linalg.svd(x - mean, full_matrices=False)
+        with cpu_threads(x.device):
+            _, s, vh = torch.linalg.svd(x - mean, full_matrices=False)
         components = vh[:d].T
         # SVD signs are arbitrary; fix them so the same data always gives the same vectors.
         pivot = components.abs().argmax(0)
@@ -119,15 +122,16 @@ def contrastive_alignment(
     w_image = torch.eye(image.shape[1], d).requires_grad_(True)
     opt = torch.optim.AdamW([w_text, w_image], lr=lr, weight_decay=weight_decay)
     labels = torch.arange(min(n, batch_size))
-    for _ in range(steps):
-        rows = torch.randperm(n, generator=g)[:batch_size] if n > batch_size else torch.arange(n)
-        zt = F.normalize(text[rows] @ w_text, dim=-1)
-        zi = F.normalize(image[rows] @ w_image, dim=-1)
-        logits = zt @ zi.T / temperature
-        loss = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    with cpu_threads(text.device):
+        for _ in range(steps):
+            rows = torch.randperm(n, generator=g)[:batch_size] if n > batch_size else torch.arange(n)
+            zt = F.normalize(text[rows] @ w_text, dim=-1)
+            zi = F.normalize(image[rows] @ w_image, dim=-1)
+            logits = zt @ zi.T / temperature
+            loss = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
     return w_text.detach(), w_image.detach()
 
 

@@ -32,8 +32,8 @@ from recsim_mm.fusion import ALIGNMENTS, fuse
 from recsim_mm.item_space import ItemSpace
 
 #: Image side (pixels) of the default synthetic catalog, fed to the CNN as is: it is
-#: fully convolutional, and 128 px costs ~3x less than 224 px with the same topic
-#: separation (measured: same-topic vs other-topic AUC 0.73 at 128 px, 0.73 at 224).
+#: fully convolutional, and 128 px costs ~3.5x less than 224 px with the same topic
+#: separation (measured: same-topic vs other-topic AUC 0.796 at 128 px, 0.788 at 224).
 DEFAULT_IMAGE_SIZE = 128
 _FORMAT = "recsim_mm.ItemSpaceCache/1"
 _MEMO: dict[tuple[str, str], ItemSpace] = {}
@@ -236,8 +236,9 @@ def _read_space(path: Path, key: str) -> ItemSpace | None:
             raise ValueError("checksum mismatch")
         return ItemSpace(item_ids=tuple(payload["item_ids"]), **tensors)
     except Exception as exc:  # any damage means: do not use it
+        first_line = (str(exc).strip().splitlines() or [""])[0][:200]
         warnings.warn(
-            f"item-space cache {path} is unusable ({type(exc).__name__}: {exc}); ignoring it and rebuilding",
+            f"item-space cache {path} is unusable ({type(exc).__name__}: {first_line}); ignoring it and rebuilding",
             CacheWarning,
             stacklevel=3,
         )
