@@ -27,6 +27,7 @@ what makes the single-user environment fast; the result is the same stream of dr
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +40,9 @@ _MAX_REDRAW_ROUNDS = 32
 #: Rows drawn per block when candidates do not depend on user state (amortises call overhead).
 _STREAM_BLOCK_ROWS = 4096
 #: Entries (rows x K) of the pool of distinct tuples behind uniform candidate sets.
-_POOL_ENTRIES = 2**20
+_POOL_ENTRIES = 2**18
+#: Redraw rounds in which a repeated entry is redrawn from its own source (then uniform).
+_SOURCE_ROUNDS = 8
 #: Seed of the pool (a fixed function of N and K; the simulation seed picks from it).
 _POOL_SEED = 20240601
 
@@ -95,6 +98,28 @@ class CandidateConfig:
         return cls(**options)
 
 
+_POOLS: dict[tuple[int, int, str], torch.Tensor] = {}
+#: ``(history_items (R, H) int64, history_clicked (R, H) bool)`` or None (no history).
+_History = tuple[torch.Tensor, torch.Tensor] | None
+
+
+def _uniform_pool(num_items: int, num_candidates: int, device: torch.device) -> torch.Tensor:
+    """``(P, K)`` int64 distinct uniform K-tuples over ``range(N)``: a fixed function of
+    ``(N, K)`` (own seed, exact rejection sampling), built once per process and device."""
+    key = (num_items, num_candidates, str(device))
+    if key not in _POOLS:
+        g = torch.Generator(device=device)
+        g.manual_seed(_POOL_SEED)
+        size = max(1024, _POOL_ENTRIES // num_candidates)
+        pool = torch.randint(num_items, (size, num_candidates), generator=g, device=device)
+
+        def uniform(sub: torch.Tensor, bad: torch.Tensor, rows: torch.Tensor, round_: int) -> None:
+            sub[bad] = torch.randint(num_items, (int(bad.sum()),), generator=g, device=device)
+
+        _POOLS[key] = _redraw_rows(pool, None, g, uniform, num_items)
+    return _POOLS[key]
+
+
 class CandidateGenerator:
     """Draws ``(R, K)`` int64 candidate item rows for R users at a time.
 
@@ -141,7 +166,6 @@ class CandidateGenerator:
         )
         self._block: torch.Tensor | None = None
         self._block_used = 0
-        self._pool: torch.Tensor | None = None
 
     @property
     def uniform(self) -> bool:
@@ -205,110 +229,124 @@ class CandidateGenerator:
         """
         if not self.reads_state:
             return self._from_block(num_rows, generator)
-        cand = self._draw(num_rows, generator, history_items, history_clicked)
-        return self._make_distinct(cand, rows, generator)
+        history = (history_items, history_clicked)
+        cand = self._draw(num_rows, generator, history)
+        return self._make_valid(cand, rows, generator, history)
 
     def _from_block(self, num_rows: int, generator: torch.Generator) -> torch.Tensor:
         if self._block is None or self._block_used + num_rows > self._block.shape[0]:
             size = max(num_rows, _STREAM_BLOCK_ROWS)
-            self._block = self._make_distinct(self._draw(size, generator, None, None), None, generator)
+            self._block = self._make_valid(self._draw(size, generator, None), None, generator, None)
             self._block_used = 0
         out = self._block[self._block_used : self._block_used + num_rows]
         self._block_used += num_rows
         return out
 
-    def _draw(
-        self,
-        r: int,
-        generator: torch.Generator,
-        history_items: torch.Tensor | None,
-        history_clicked: torch.Tensor | None,
-    ) -> torch.Tensor:
+    def _draw(self, r: int, generator: torch.Generator, history: _History) -> torch.Tensor:
         """``(r, K)`` int64 candidates from the configured sources (duplicates possible
         with mixed sources; the uniform path is distinct by construction)."""
-        n, k, dev = self.num_items, self.num_candidates, self.device
+        n, dev = self.num_items, self.device
         if self.uniform:
-            pool = self._uniform_pool()
+            pool = _uniform_pool(n, self.num_candidates, dev)
             pick = torch.randint(pool.shape[0], (r,), generator=generator, device=dev)
             shift = torch.randint(n, (r, 1), generator=generator, device=dev)
             return pool[pick].add_(shift).remainder_(n)
-        cand = torch.randint(n, (r, k), generator=generator, device=dev)
-        start = 0
-        if self.num_popular:
-            pool = self._popular_pool
-            pick = torch.randint(pool.numel(), (r, self.num_popular), generator=generator, device=dev)
-            cand[:, : self.num_popular] = pool[pick]
-            start = self.num_popular
-        if self.num_similar:
-            h = history_items.shape[1]
-            s = self.num_similar
-            slot = torch.randint(h, (r, s), generator=generator, device=dev)
-            anchor = history_items.gather(1, slot)
-            valid = history_clicked.gather(1, slot)
-            neighbour = torch.randint(self._neighbours.shape[1], (r, s), generator=generator, device=dev)
-            similar = self._neighbours[anchor, neighbour]
-            block = cand[:, start : start + s]
-            cand[:, start : start + s] = torch.where(valid, similar, block)
+        cand = torch.empty(r, self.num_candidates, dtype=torch.long, device=dev)
+        self._fill(cand, torch.ones(cand.shape, dtype=torch.bool, device=dev), generator, history, True)
         return cand
 
-    def _uniform_pool(self) -> torch.Tensor:
-        """``(P, K)`` int64 distinct uniform K-tuples, built on first use (exact rejection)."""
-        if self._pool is None:
-            n, k = self.num_items, self.num_candidates
-            g = torch.Generator(device=self.device)
-            g.manual_seed(_POOL_SEED)
-            size = max(1024, _POOL_ENTRIES // k)
-            pool = torch.randint(n, (size, k), generator=g, device=self.device)
-            self._pool = self._redraw_duplicates(pool, None, g)
-        return self._pool
+    def _fill(
+        self,
+        cand: torch.Tensor,
+        where: torch.Tensor,
+        generator: torch.Generator,
+        history: _History,
+        from_sources: bool,
+    ) -> None:
+        """Draw the entries of ``cand`` ``(R, K)`` marked in ``where`` ``(R, K)`` bool, in place.
 
-    def _make_distinct(
-        self, cand: torch.Tensor, rows: torch.Tensor | None, generator: torch.Generator
+        Positions ``[0, popular)`` come from the popular pool, the next ``similar``
+        ones from neighbours of clicked history items, the rest (and everything when
+        ``from_sources`` is False) uniformly.
+        """
+        n, dev = self.num_items, self.device
+        fresh = torch.randint(n, cand.shape, generator=generator, device=dev)
+        if from_sources and self.num_popular:
+            p = self.num_popular
+            pick = torch.randint(self._popular_pool.numel(), (cand.shape[0], p), generator=generator, device=dev)
+            fresh[:, :p] = self._popular_pool[pick]
+        if from_sources and self.num_similar and history is not None:
+            start, s = self.num_popular, self.num_similar
+            history_items, history_clicked = history
+            slot = torch.randint(history_items.shape[1], (cand.shape[0], s), generator=generator, device=dev)
+            anchor = history_items.gather(1, slot)
+            valid = history_clicked.gather(1, slot)
+            neighbour = torch.randint(self._neighbours.shape[1], anchor.shape, generator=generator, device=dev)
+            similar = self._neighbours[anchor, neighbour]
+            fresh[:, start : start + s] = torch.where(valid, similar, fresh[:, start : start + s])
+        cand[where] = fresh[where]
+
+    def _make_valid(
+        self, cand: torch.Tensor, rows: torch.Tensor | None, generator: torch.Generator, history: _History
     ) -> torch.Tensor:
-        """Valid candidates: distinct (uniform path: already) and, if asked, not consumed."""
+        """Redraw repeated (and, if asked, consumed) entries until every row is valid.
+
+        A repeated entry is redrawn from its own source for the first rounds (so a
+        popular slot stays popular), then uniformly, which always terminates.
+        """
         consumed = None
         if self._consumed is not None:
             consumed = self._consumed if rows is None else self._consumed[rows]
         if self.uniform and consumed is None:
+            return cand  # distinct by construction
+
+        def refill(sub: torch.Tensor, bad: torch.Tensor, sub_rows: torch.Tensor, round_: int) -> None:
+            sub_history = None if history is None else (history[0][sub_rows], history[1][sub_rows])
+            self._fill(sub, bad, generator, sub_history, from_sources=round_ < _SOURCE_ROUNDS)
+
+        return _redraw_rows(cand, consumed, generator, refill, self.num_items)
+
+
+def _invalid_entries(cand: torch.Tensor, consumed: torch.Tensor | None) -> torch.Tensor:
+    """``(R, K)`` bool: an item already offered at an earlier position, or consumed."""
+    # K - 1 comparisons of a position with the positions before it (on the transposed,
+    # contiguous layout): cheaper than a sort for small K, and which copy gets redrawn
+    # (the later one) does not depend on item labels, which keeps redrawn sets uniform.
+    by_position = cand.T.contiguous()
+    bad = torch.zeros(by_position.shape, dtype=torch.bool, device=cand.device)
+    for j in range(1, by_position.shape[0]):
+        torch.any(by_position[:j] == by_position[j], dim=0, out=bad[j])
+    bad = bad.T
+    if consumed is not None:
+        bad = bad | consumed.gather(1, cand)
+    return bad
+
+
+def _redraw_rows(
+    cand: torch.Tensor,
+    consumed: torch.Tensor | None,
+    generator: torch.Generator,
+    refill: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], None],
+    num_items: int,
+) -> torch.Tensor:
+    """Redraw the invalid entries of ``cand`` ``(R, K)`` in place until none is left.
+
+    ``refill(sub, bad, rows, round)`` redraws the entries ``bad`` of the rows ``rows``
+    (``sub = cand[rows]``); each round re-checks only the rows just redrawn. After
+    ``_MAX_REDRAW_ROUNDS`` (a nearly exhausted catalog) the rest is sampled exactly.
+    """
+    rows = torch.arange(cand.shape[0], device=cand.device)
+    sub = cand
+    for round_ in range(_MAX_REDRAW_ROUNDS):
+        bad = _invalid_entries(sub, None if consumed is None else consumed[rows])
+        row_bad = bad.any(1)
+        if not bool(row_bad.any()):
             return cand
-        return self._redraw_duplicates(cand, consumed, generator)
-
-    def _redraw_duplicates(
-        self, cand: torch.Tensor, consumed: torch.Tensor | None, generator: torch.Generator
-    ) -> torch.Tensor:
-        """Redraw repeated (and consumed) entries uniformly until every row is valid."""
-        n = self.num_items
-        for _ in range(_MAX_REDRAW_ROUNDS):
-            bad = self._invalid(cand, consumed)
-            count = int(bad.sum())
-            if count == 0:
-                return cand
-            cand[bad] = torch.randint(n, (count,), generator=generator, device=self.device)
-        return self._exact_fallback(cand, consumed, generator)
-
-    @staticmethod
-    def _invalid(cand: torch.Tensor, consumed: torch.Tensor | None) -> torch.Tensor:
-        """``(R, K)`` bool: an item already offered at an earlier position, or consumed."""
-        # K - 1 comparisons of a position with the positions before it (on the
-        # transposed, contiguous layout): cheaper than a sort for small K, and which
-        # copy gets redrawn (the later one) does not depend on item labels, which keeps
-        # the redrawn sets uniform.
-        by_position = cand.T.contiguous()
-        bad = torch.zeros(by_position.shape, dtype=torch.bool, device=cand.device)
-        for j in range(1, by_position.shape[0]):
-            torch.any(by_position[:j] == by_position[j], dim=0, out=bad[j])
-        bad = bad.T
-        if consumed is not None:
-            bad = bad | consumed.gather(1, cand)
-        return bad
-
-    def _exact_fallback(
-        self, cand: torch.Tensor, consumed: torch.Tensor | None, generator: torch.Generator
-    ) -> torch.Tensor:
-        """Rows still invalid after the redraw rounds: sample without replacement exactly."""
-        bad_rows = self._invalid(cand, consumed).any(1).nonzero().squeeze(1)
-        allowed = torch.ones(bad_rows.numel(), self.num_items, device=self.device)
-        if consumed is not None:
-            allowed[consumed[bad_rows]] = 0
-        cand[bad_rows] = torch.multinomial(allowed, self.num_candidates, replacement=False, generator=generator)
-        return cand
+        rows, sub, bad = rows[row_bad], sub[row_bad], bad[row_bad]
+        refill(sub, bad, rows, round_)
+        cand[rows] = sub
+    allowed = torch.ones(rows.numel(), num_items, device=cand.device)
+    if consumed is not None:
+        allowed[consumed[rows]] = 0
+    cand[rows] = torch.multinomial(allowed, cand.shape[1], replacement=False, generator=generator)
+    return cand
