@@ -107,8 +107,8 @@ def contrastive_alignment(
     it aligns the modalities.
 
     Args:
-        text: ``(N, p_t)`` float32 whitened PCA features, ``p_t >= d``.
-        image: ``(N, p_i)`` float32 whitened PCA features, ``p_i >= d``.
+        text: ``(N, p_t)`` float32 PCA features (unnormalised), ``p_t >= d``.
+        image: ``(N, p_i)`` float32 PCA features (unnormalised), ``p_i >= d``.
         d: output width of both parts.
         steps, temperature, lr, weight_decay, batch_size: optimisation settings.
         seed: seed of minibatch sampling (same seed -> same maps).

@@ -114,6 +114,13 @@ def build_item_space(
     """
     if alignment not in ALIGNMENTS:
         raise ValueError(f"unknown alignment {alignment!r}; expected one of {ALIGNMENTS}")
+    for name, d in (("d_text", d_text), ("d_image", d_image)):
+        # Checked before encoding, so a bad size costs nothing.
+        if not (isinstance(d, int) and 1 <= d <= len(catalog) - 1):
+            raise ValueError(
+                f"{name}={d!r}: the PCA fitted on this catalog of {len(catalog)} items gives "
+                f"1 to {len(catalog) - 1} components"
+            )
     device = resolve_device(device)
     text_encoder = text_encoder if text_encoder is not None else TextEncoder(device=device)
     image_encoder = image_encoder if image_encoder is not None else ImageEncoder(device=device)

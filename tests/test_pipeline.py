@@ -172,12 +172,13 @@ def test_contrastive_alignment_puts_an_items_text_and_image_together(default_spa
     text, image = embed_catalog(
         catalog, TextEncoder(device="cpu"), ImageEncoder(device="cpu", image_size=128)
     )
+    text, image = text[:300], image[:300]  # half the catalog keeps the test quick
     pca_t, pca_i = fuse(text, image, 16, 16, alignment="pca")
     aligned_t, aligned_i = fuse(text, image, 16, 16, alignment="contrastive")
     matched = (aligned_t * aligned_i).sum(-1).mean()
     assert matched > (pca_t * pca_i).sum(-1).mean() + 0.3, matched
     # Topic structure survives the alignment, in each part.
-    dominant = torch.from_numpy(catalog.topics.argmax(1))
+    dominant = torch.from_numpy(catalog.topics[:300].argmax(1))
     assert topic_separation(aligned_t, dominant, center=False)[1] > 0.7
     assert topic_separation(aligned_i, dominant, center=False)[1] > 0.7
     again_t, _ = fuse(text, image, 16, 16, alignment="contrastive")
@@ -186,6 +187,10 @@ def test_contrastive_alignment_puts_an_items_text_and_image_together(default_spa
         fuse(text, image, 16, 8, alignment="contrastive")
 
 
-def test_unknown_alignment_is_rejected(tiny_catalog):
+def test_bad_fusion_settings_are_rejected_before_encoding(tiny_catalog):
+    text_encoder, image_encoder = fresh_encoders()
     with pytest.raises(ValueError, match=r"unknown alignment 'cca'"):
-        build_item_space(tiny_catalog, *fresh_encoders(), alignment="cca")
+        build_item_space(tiny_catalog, text_encoder, image_encoder, alignment="cca")
+    with pytest.raises(ValueError, match=r"d_image=40: .* 24 items gives 1 to 23 components"):
+        build_item_space(tiny_catalog, text_encoder, image_encoder, d_text=4, d_image=40)
+    assert not text_encoder.loaded and not image_encoder.loaded
