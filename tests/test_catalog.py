@@ -200,3 +200,10 @@ def test_unknown_catalog_file_type_is_rejected(tmp_path):
     path.write_text("x")
     with pytest.raises(CatalogError, match=r"unknown type '.xlsx'; expected .csv or .jsonl"):
         load_catalog(path)
+
+
+def test_invalid_jsonl_line_names_file_and_line(tmp_path):
+    path = tmp_path / "items.jsonl"
+    path.write_text('{"item_id": "a", "text": "ok", "image_path": "a.png"}\n{not json}\n', encoding="utf-8")
+    with pytest.raises(CatalogError, match=r"items\.jsonl:2: not valid JSON"):
+        load_catalog(path)
