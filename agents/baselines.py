@@ -228,3 +228,45 @@ class LinUCBRecommender(Recommender):
         self.A += x_chosen.T @ x_chosen
         self.b += x_chosen.T @ r
         self._A_inv = np.linalg.inv(self.A)
+
+
+BASELINES = ("random", "popular", "oracle", "linucb", "greedy")
+
+
+def make_baseline(
+    name: str,
+    item_table: torch.Tensor,
+    *,
+    popularity: np.ndarray | None = None,
+    ranker=None,
+    slate_size: int | None = None,
+    seed: int = 0,
+):
+    """A baseline recommender by name.
+
+    Args:
+        name: one of `BASELINES`.
+        item_table: ``(N, d)`` fused item vectors.
+        popularity: ``(N,)`` clicks per item (``"popular"``).
+        ranker: a trained `recsim_mm.ranker.Ranker` (``"greedy"``).
+        slate_size: None or ``S``.
+        seed: tie-breaking / exploration seed.
+
+    Raises:
+        ValueError: unknown name, or the input the baseline needs is missing.
+    """
+    if name == "random":
+        return RandomRecommender(slate_size, seed)
+    if name == "oracle":
+        return OracleRecommender(slate_size, seed)
+    if name == "linucb":
+        return LinUCBRecommender(item_table, slate_size=slate_size, seed=seed)
+    if name == "popular":
+        if popularity is None:
+            raise ValueError("baseline 'popular' needs popularity= (clicks per item, e.g. from the logs)")
+        return PopularRecommender(popularity, item_table, slate_size, seed)
+    if name == "greedy":
+        if ranker is None:
+            raise ValueError("baseline 'greedy' needs ranker= (a trained recsim_mm.ranker.Ranker)")
+        return ranker.policy(slate_size=slate_size)
+    raise ValueError(f"unknown agent {name!r}; expected one of {BASELINES + ('ppo', 'dqn')}")

@@ -1,0 +1,383 @@
+"""Training PPO and DQN on the shared scorer: build, warm-start, checkpoint, resume.
+
+Read top to bottom: `AgentConfig` (every knob), `build_agent` (SB3 algorithm on the
+native batched environment, warm start from the ranker), `RecMetricsCallback`
+(recommendation metrics into TensorBoard), checkpoint I/O, and `train_agent` (the
+loop with periodic checkpoints and resume after an interruption).
+
+Checkpoints are our own ``.pt`` files (policy and optimizer state, step counter,
+config hash, item space fingerprint), written atomically and loaded with
+``weights_only=True``; a resume directory from a different configuration is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3 import DQN, PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.logger import configure
+
+from agents.policies import ScorerActorCriticPolicy, ScorerDQNPolicy
+from agents.sb3_vec_env import SB3VecEnv
+from recsim_mm.device import resolve_device
+from recsim_mm.item_space import ItemSpace
+from recsim_mm.scorer import ScorerConfig
+
+ALGOS = ("ppo", "dqn")
+CHECKPOINT_FORMAT = "recsim_mm.AgentCheckpoint/1"
+
+
+@dataclass
+class AgentConfig:
+    """Everything that defines one RL training run (hashed to guard resumes).
+
+    Attributes:
+        algo: ``"ppo"`` or ``"dqn"``.
+        total_steps: environment steps (summed over the ``num_envs`` users).
+        num_envs: users simulated in parallel (one torch batch).
+        learning_rate: Adam step size.
+        gamma: discount per recommendation step.
+        seed: seeds SB3, the networks and the training users.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"`` for networks and simulator.
+        checkpoint_every: environment steps between checkpoints.
+        scorer: `ScorerConfig` overrides (e.g. ``{"hidden_dim": 32}``); ignored for
+            the architecture when warm-starting (the ranker's architecture is used).
+        n_steps, batch_size, n_epochs, gae_lambda, ent_coef, clip_range: PPO.
+        buffer_size, learning_starts, train_freq, gradient_steps,
+        target_update_interval, exploration_fraction, exploration_final_eps: DQN.
+    """
+
+    algo: str = "ppo"
+    total_steps: int = 50_000
+    num_envs: int = 64
+    learning_rate: float = 3e-4
+    gamma: float = 0.95
+    seed: int = 0
+    device: str = "auto"
+    checkpoint_every: int = 10_000
+    scorer: dict[str, Any] = field(default_factory=dict)
+    # PPO
+    n_steps: int = 32
+    batch_size: int = 512
+    n_epochs: int = 4
+    gae_lambda: float = 0.9
+    ent_coef: float = 0.01
+    clip_range: float = 0.2
+    # DQN
+    buffer_size: int = 50_000
+    learning_starts: int = 2_000
+    train_freq: int = 1
+    gradient_steps: int = 4
+    target_update_interval: int = 2_000
+    exploration_fraction: float = 0.3
+    exploration_final_eps: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.algo not in ALGOS:
+            raise ValueError(f"unknown agent algo {self.algo!r}; expected one of {ALGOS}")
+        for name in ("total_steps", "num_envs", "checkpoint_every", "n_steps", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"AgentConfig.{name}={value!r}; expected an int >= 1")
+
+    def fingerprint(self) -> str:
+        """Hash of every field but ``total_steps`` (a resume may extend the budget)."""
+        data = {k: v for k, v in dataclasses.asdict(self).items() if k != "total_steps"}
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def make_env(config: AgentConfig, env_id: str, env_options: dict[str, Any]) -> SB3VecEnv:
+    """The native batched environment for training, as an SB3 `VecEnv` (no subprocesses)."""
+    options = dict(env_options)
+    options.setdefault("device", config.device)
+    return SB3VecEnv(env_id, config.num_envs, **options)
+
+
+def build_agent(
+    config: AgentConfig,
+    venv: SB3VecEnv,
+    item_space: ItemSpace,
+    ranker=None,
+    tensorboard_dir: str | Path | None = None,
+) -> BaseAlgorithm:
+    """An SB3 PPO or DQN whose policy is the shared scorer, optionally warm-started.
+
+    Args:
+        config: the run's `AgentConfig`.
+        venv: the training environment (`make_env`).
+        item_space: the environment's item space (its table goes into the policy in
+            ``ids`` mode).
+        ranker: a trained `recsim_mm.ranker.Ranker`: its architecture and weights
+            initialise the PPO actor / DQN Q-network (warm start). None: cold start.
+        tensorboard_dir: where SB3's logger writes (TensorBoard + CSV).
+
+    Raises:
+        ValueError: the ranker was trained on another item space or its architecture
+            does not fit.
+    """
+    if ranker is not None:
+        if ranker.item_space.fingerprint() != item_space.fingerprint():
+            raise ValueError(
+                f"warm start: the ranker was trained on item space "
+                f"{ranker.item_space.fingerprint()}, the environment uses "
+                f"{item_space.fingerprint()}"
+            )
+        scorer_config = ranker.config.to_dict()
+    else:
+        scorer_config = ScorerConfig(
+            d_text=item_space.d_text, d_image=item_space.d_image, **config.scorer
+        ).to_dict()
+    device = resolve_device(config.device)
+    policy_kwargs = dict(scorer_config=scorer_config, item_table=item_space.fused.cpu())
+    common = dict(
+        learning_rate=config.learning_rate,
+        gamma=config.gamma,
+        seed=config.seed,
+        device=device,
+        verbose=0,
+        policy_kwargs=policy_kwargs,
+    )
+    if config.algo == "ppo":
+        model: BaseAlgorithm = PPO(
+            ScorerActorCriticPolicy,
+            venv,
+            n_steps=config.n_steps,
+            batch_size=config.batch_size,
+            n_epochs=config.n_epochs,
+            gae_lambda=config.gae_lambda,
+            ent_coef=config.ent_coef,
+            clip_range=config.clip_range,
+            **common,
+        )
+    else:
+        model = DQN(
+            ScorerDQNPolicy,
+            venv,
+            buffer_size=config.buffer_size,
+            learning_starts=config.learning_starts,
+            train_freq=config.train_freq,
+            gradient_steps=config.gradient_steps,
+            target_update_interval=config.target_update_interval,  # SB3 divides by num_envs
+            exploration_fraction=config.exploration_fraction,
+            exploration_final_eps=config.exploration_final_eps,
+            **common,
+        )
+    if ranker is not None:
+        ranker.warm_start(model.policy.scorer)
+        if config.algo == "dqn":
+            model.policy.q_net_target.load_state_dict(model.policy.q_net.state_dict())
+    if tensorboard_dir is not None:
+        model.set_logger(configure(str(tensorboard_dir), ["tensorboard", "csv"]))
+    return model
+
+
+class RecMetricsCallback(BaseCallback):
+    """Recommendation metrics into SB3's logger (TensorBoard) at every rollout end.
+
+    Logged: ``rec/ctr`` (clicks per step), ``rec/engagement_per_step`` (minutes),
+    ``rec/session_length`` (steps of sessions that ended in the window) and
+    ``rec/click_diversity`` (``1 - cos`` between a user's consecutive clicked items).
+    """
+
+    def __init__(self, item_table: torch.Tensor, log_every: int = 1):
+        super().__init__()
+        self.table = item_table.detach().cpu().numpy()
+        self.log_every = log_every
+        self._reset_window()
+        self._length: np.ndarray | None = None
+        self._last_click: np.ndarray | None = None
+
+    def _reset_window(self) -> None:
+        self._steps = self._clicks = 0
+        self._engagement = 0.0
+        self._ended: list[int] = []
+        self._diversity: list[float] = []
+
+    def _on_step(self) -> bool:
+        info = self.training_env.last_info
+        dones = np.asarray(self.locals["dones"], dtype=bool)
+        if self._length is None:
+            self._length = np.zeros(len(dones), dtype=np.int64)
+            self._last_click = np.full(len(dones), -1, dtype=np.int64)
+        click = np.asarray(info["click"], dtype=bool)
+        self._steps += len(click)
+        self._clicks += int(click.sum())
+        self._engagement += float(np.sum(info["engagement"]))
+        self._length += 1
+        rows = np.flatnonzero(click)
+        item = np.asarray(info["clicked_item"])[rows]
+        had = self._last_click[rows] >= 0
+        if had.any():
+            a = self.table[self._last_click[rows[had]]]
+            b = self.table[item[had]]
+            cos = (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12)
+            self._diversity.extend((1.0 - cos).tolist())
+        self._last_click[rows] = item
+        self._ended.extend(self._length[dones].tolist())
+        self._length[dones] = 0
+        self._last_click[dones] = -1
+        return True
+
+    def _on_rollout_end(self) -> None:
+        if self._steps:
+            self.logger.record("rec/ctr", self._clicks / self._steps)
+            self.logger.record("rec/engagement_per_step", self._engagement / self._steps)
+        if self._ended:
+            self.logger.record("rec/session_length", float(np.mean(self._ended)))
+        if self._diversity:
+            self.logger.record("rec/click_diversity", float(np.mean(self._diversity)))
+        self._reset_window()
+
+
+# -- checkpoints -----------------------------------------------------------------------------
+
+
+def save_agent_checkpoint(
+    path: Path, model: BaseAlgorithm, config: AgentConfig, item_space: ItemSpace
+) -> None:
+    """Write policy + optimizer state and the step counter, atomically (tmp + rename)."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "algo": config.algo,
+        "config": json.loads(json.dumps(dataclasses.asdict(config), default=str)),
+        "config_fingerprint": config.fingerprint(),
+        "item_space_fingerprint": item_space.fingerprint(),
+        "num_timesteps": int(model.num_timesteps),
+        "n_updates": int(getattr(model, "_n_updates", 0)),
+        "policy": {k: v.detach().cpu() for k, v in model.policy.state_dict().items()},
+        "optimizer": model.policy.optimizer.state_dict(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def load_agent_checkpoint(path: Path, config: AgentConfig, item_space: ItemSpace) -> dict:
+    """Read a checkpoint (``weights_only=True``) and check it belongs to this run.
+
+    Raises:
+        ValueError: not an agent checkpoint, another configuration (names the differing
+            keys), or another item space.
+    """
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a bad file
+        raise ValueError(f"{path}: not a readable agent checkpoint ({exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not an agent checkpoint (missing format {CHECKPOINT_FORMAT!r})")
+    if payload["config_fingerprint"] != config.fingerprint():
+        mine = json.loads(json.dumps(dataclasses.asdict(config), default=str))
+        differing = sorted(
+            k for k in set(mine) | set(payload["config"])
+            if k != "total_steps" and mine.get(k) != payload["config"].get(k)
+        )
+        raise ValueError(
+            f"{path}: the resume directory holds a run with a different configuration "
+            f"(differing keys: {differing}); use a new directory or the same config"
+        )
+    if payload["item_space_fingerprint"] != item_space.fingerprint():
+        raise ValueError(
+            f"{path}: checkpoint was trained on item space {payload['item_space_fingerprint']}, "
+            f"this run uses {item_space.fingerprint()}"
+        )
+    return payload
+
+
+class _CheckpointCallback(BaseCallback):
+    """Saves a checkpoint every ``every`` environment steps."""
+
+    def __init__(self, path: Path, every: int, config: AgentConfig, item_space: ItemSpace):
+        super().__init__()
+        self.path, self.every, self.config, self.item_space = path, every, config, item_space
+        self._next = None
+
+    def _on_step(self) -> bool:
+        if self._next is None:
+            self._next = (self.num_timesteps // self.every + 1) * self.every
+        if self.num_timesteps >= self._next:
+            save_agent_checkpoint(self.path, self.model, self.config, self.item_space)
+            self._next += self.every
+        return True
+
+
+@dataclass
+class TrainOutcome:
+    """What `train_agent` did: the model, its final step count, and whether it resumed."""
+
+    model: BaseAlgorithm
+    num_timesteps: int
+    resumed_from: int | None
+    checkpoint: Path
+
+
+def train_agent(
+    config: AgentConfig,
+    env_id: str,
+    env_options: dict[str, Any],
+    item_space: ItemSpace,
+    run_dir: str | Path,
+    ranker=None,
+    callbacks: list[BaseCallback] | None = None,
+) -> TrainOutcome:
+    """Train (or resume training) one agent; checkpoints and TensorBoard in ``run_dir``.
+
+    If ``run_dir/checkpoint.pt`` exists, training resumes from its step counter with its
+    parameters and optimizer state, and TensorBoard curves continue from that step. An
+    interruption (Ctrl-C, a crash inside the loop) writes a checkpoint before it
+    propagates. DQN's replay buffer is not checkpointed: a resumed DQN refills it for
+    ``learning_starts`` steps before it updates again.
+
+    Args:
+        config: the run's `AgentConfig`.
+        env_id: registered environment id, e.g. ``"recsim_mm/Satiation-v0"``.
+        env_options: `envs.rec_env.RecEnvOptions` overrides for the training env
+            (``item_space`` is set from the argument below).
+        item_space: the environment's item space.
+        run_dir: folder for ``checkpoint.pt`` and ``tensorboard/``.
+        ranker: warm-start source (see `build_agent`); None for cold start.
+        callbacks: extra SB3 callbacks.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = run_dir / "checkpoint.pt"
+    payload = load_agent_checkpoint(checkpoint, config, item_space) if checkpoint.exists() else None
+    venv = make_env(config, env_id, {**env_options, "item_space": item_space})
+    model = build_agent(config, venv, item_space, ranker, tensorboard_dir=run_dir / "tensorboard")
+    resumed_from = None
+    if payload is not None:
+        model.policy.load_state_dict(payload["policy"])
+        model.policy.optimizer.load_state_dict(payload["optimizer"])
+        model.num_timesteps = resumed_from = payload["num_timesteps"]
+        model._n_updates = payload["n_updates"]
+        if config.algo == "dqn":
+            model.learning_starts = model.num_timesteps + config.learning_starts
+        # fresh training users after a resume, but still a function of (seed, step)
+        venv.seed(config.seed + model.num_timesteps)
+    remaining = config.total_steps - model.num_timesteps
+    if remaining > 0:
+        all_callbacks = [
+            RecMetricsCallback(item_space.fused),
+            _CheckpointCallback(checkpoint, config.checkpoint_every, config, item_space),
+            *(callbacks or []),
+        ]
+        try:
+            model.learn(
+                total_timesteps=remaining,
+                callback=CallbackList(all_callbacks),
+                reset_num_timesteps=payload is None,
+            )
+        except BaseException:
+            save_agent_checkpoint(checkpoint, model, config, item_space)
+            raise
+    save_agent_checkpoint(checkpoint, model, config, item_space)
+    return TrainOutcome(model, int(model.num_timesteps), resumed_from, checkpoint)
