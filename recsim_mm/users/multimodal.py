@@ -46,6 +46,25 @@ from recsim_mm.users.base import UserModel, UserResponse
 
 #: Users per chunk when gathering candidate vectors for true affinities (cache-sized).
 _AFFINITY_CHUNK = 512
+#: Below this many multiply-adds a batched matmul runs as multiply + sum (see `batched_matmul`).
+_SMALL_MATMUL = 2**15
+
+
+def batched_matmul(x: torch.Tensor, y: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``(B, M, D) @ (B, D, P) -> (B, M, P)``, float32.
+
+    torch's CPU ``bmm`` splits the batch across threads even for a few thousand
+    multiply-adds, and a thread hand-off costs more than the arithmetic (far more on a
+    busy machine); small problems therefore run as an elementwise product and a sum,
+    which stay on one thread.
+    """
+    if x.is_cuda or x.shape[0] * x.shape[1] * x.shape[2] * y.shape[2] >= _SMALL_MATMUL:
+        return torch.bmm(x, y, out=out)
+    result = (x.unsqueeze(3) * y.unsqueeze(1)).sum(2)
+    if out is not None:
+        out.copy_(result)
+        return out
+    return result
 
 
 @dataclass(frozen=True)
@@ -305,7 +324,7 @@ class MultimodalUser(UserModel):
         return self._utility(self._table[items])
 
     def _utility(self, rows: torch.Tensor) -> torch.Tensor:
-        scores = torch.bmm(rows, self._probe)  # (B, S, 2): [affinity + quality term, satiation]
+        scores = batched_matmul(rows, self._probe)  # (B, S, 2): [affinity + quality term, satiation]
         utility = scores[..., 0]
         if self.config.satiation_strength:
             utility = utility - self.config.satiation_strength * scores[..., 1].clamp_min(0)
@@ -370,14 +389,14 @@ class MultimodalUser(UserModel):
         """
         weighted = self._weighted if rows is None else self._weighted[rows]
         if fused is not None:
-            return torch.bmm(fused, weighted.unsqueeze(2)).squeeze(2)
+            return batched_matmul(fused, weighted.unsqueeze(2)).squeeze(2)
         out = torch.empty(items.shape, device=self.device)
         # Chunks keep the gathered (chunk, K, d) block in cache instead of materialising
         # all of (R, K, d) in memory.
         for start in range(0, items.shape[0], _AFFINITY_CHUNK):
             part = self._table[items[start : start + _AFFINITY_CHUNK], : self.dim]
             w = weighted[start : start + _AFFINITY_CHUNK].unsqueeze(2)
-            torch.bmm(part, w, out=out[start : start + _AFFINITY_CHUNK].unsqueeze(2))
+            batched_matmul(part, w, out=out[start : start + _AFFINITY_CHUNK].unsqueeze(2))
         return out
 
     def max_time_left(self) -> float:
@@ -402,7 +421,7 @@ class InterestEvolutionUser(MultimodalUser):
 class SatiationUser(MultimodalUser):
     """Strong, slowly decaying satiation and static interests: variety pays off over a session."""
 
-    default_config = MultimodalUserConfig(drift_rate=0.0, satiation_strength=2.0, satiation_decay=0.5)
+    default_config = MultimodalUserConfig(drift_rate=0.0, satiation_strength=2.0, satiation_decay=0.6)
 
 
 class MyopicUser(MultimodalUser):
