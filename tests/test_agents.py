@@ -1,0 +1,191 @@
+"""PPO / DQN on the shared scorer, warm start, checkpoints and resume, baselines."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from stable_baselines3.common.callbacks import BaseCallback
+
+import envs
+from agents.baselines import BASELINES, make_baseline
+from agents.evaluation import evaluate_policy
+from agents.train import AgentConfig, build_agent, load_agent_checkpoint, make_env, train_agent
+from envs.vector_env import RecVectorEnv
+from recsim_mm.pipeline import default_item_space
+from recsim_mm.ranker import Ranker
+from recsim_mm.scorer import Scorer, ScorerConfig
+
+ENV_ID = "recsim_mm/InterestEvolution-v0"
+SMALL_SCORER = {"hidden_dim": 32}
+
+
+@pytest.fixture(scope="module")
+def space():
+    return default_item_space(num_items=300)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # 2-core CI box: one torch thread avoids oversubscription with SB3's numpy work.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def held_out_return(policy, space, seed=777, users=128) -> float:
+    env = RecVectorEnv(users, item_space=space, obs_mode="ids", device="cpu")
+    return evaluate_policy(policy, env, seed=seed, item_table=space.fused).summary()["episode_return"]
+
+
+def make_ranker(space, seed=0) -> Ranker:
+    torch.manual_seed(seed)
+    scorer = Scorer(ScorerConfig(d_text=space.d_text, d_image=space.d_image, **SMALL_SCORER),
+                    item_table=space.fused)
+    return Ranker(scorer, space)
+
+
+@pytest.mark.parametrize("algo,steps", [("ppo", 12_288), ("dqn", 12_288)])
+def test_agent_improves_over_random_policy(space, tmp_path, algo, steps):
+    config = AgentConfig(algo=algo, total_steps=steps, num_envs=64, device="cpu",
+                         scorer=SMALL_SCORER, learning_starts=1_000)
+    outcome = train_agent(config, ENV_ID, {"obs_mode": "ids"}, space, tmp_path)
+    random_return = held_out_return(make_baseline("random", space.fused), space)
+    agent_return = held_out_return(outcome.model, space)
+    assert agent_return > 1.5 * random_return, (agent_return, random_return)
+
+
+@pytest.mark.parametrize("algo", ["ppo", "dqn"])
+@pytest.mark.parametrize("obs_mode", ["ids", "embeddings"])
+def test_warm_start_first_logits_equal_ranker_scores(space, algo, obs_mode):
+    ranker = make_ranker(space, seed=3)
+    config = AgentConfig(algo=algo, num_envs=8, device="cpu", learning_starts=10)
+    venv = make_env(config, ENV_ID, {"obs_mode": obs_mode, "item_space": space})
+    model = build_agent(config, venv, space, ranker=ranker)
+    venv.seed(5)
+    obs = venv.reset()
+    tensors, _ = model.policy.obs_to_tensor(obs)
+    with torch.no_grad():
+        if algo == "ppo":
+            logits = model.policy.get_distribution(tensors).distribution.logits
+            expected = torch.log_softmax(ranker.policy().ranker.scorer(
+                {k: torch.as_tensor(v) for k, v in obs.items()}), dim=-1)
+        else:
+            logits = model.policy.q_net(tensors)
+            expected = ranker.scorer({k: torch.as_tensor(v) for k, v in obs.items()})
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_cold_start_differs_from_ranker(space):
+    ranker = make_ranker(space, seed=3)
+    config = AgentConfig(algo="ppo", num_envs=4, device="cpu", scorer=SMALL_SCORER, seed=11)
+    model = build_agent(config, make_env(config, ENV_ID, {"obs_mode": "ids", "item_space": space}), space)
+    warm = ranker.warm_start_state_dict()
+    cold = model.policy.scorer.state_dict()
+    assert any(not torch.equal(warm[k], cold[k]) for k in warm)
+
+
+class _Interrupt(BaseCallback):
+    """Raises KeyboardInterrupt (what Ctrl-C raises) once training passes ``at`` steps."""
+
+    def __init__(self, at: int):
+        super().__init__()
+        self.at = at
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self.at:
+            raise KeyboardInterrupt
+        return True
+
+
+@pytest.mark.parametrize("algo", ["ppo", "dqn"])
+def test_resume_continues_from_saved_step_with_identical_parameters(space, tmp_path, algo):
+    config = AgentConfig(algo=algo, total_steps=4_096, num_envs=32, n_steps=16, device="cpu",
+                         scorer=SMALL_SCORER, checkpoint_every=1_024, learning_starts=256)
+    with pytest.raises(KeyboardInterrupt):
+        train_agent(config, ENV_ID, {"obs_mode": "ids"}, space, tmp_path, callbacks=[_Interrupt(1_500)])
+    saved = load_agent_checkpoint(tmp_path / "checkpoint.pt", config, space)
+    assert 1_500 <= saved["num_timesteps"] < 4_096
+
+    seen = {}
+
+    class Capture(BaseCallback):
+        def _on_training_start(self) -> None:
+            seen["step"] = self.model.num_timesteps
+            seen["params"] = {k: v.clone() for k, v in self.model.policy.state_dict().items()}
+
+        def _on_step(self) -> bool:
+            return True
+
+    outcome = train_agent(config, ENV_ID, {"obs_mode": "ids"}, space, tmp_path, callbacks=[Capture()])
+    assert outcome.resumed_from == saved["num_timesteps"] == seen["step"]
+    for key, value in saved["policy"].items():
+        assert torch.equal(seen["params"][key], value), key
+    assert outcome.num_timesteps >= 4_096
+    # TensorBoard curves continue in the same folder
+    assert len(list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))) >= 1
+
+
+def test_resume_from_different_configuration_is_refused(space, tmp_path):
+    config = AgentConfig(algo="ppo", total_steps=512, num_envs=16, n_steps=16, device="cpu",
+                         scorer=SMALL_SCORER, batch_size=128)
+    train_agent(config, ENV_ID, {"obs_mode": "ids"}, space, tmp_path)
+    other = AgentConfig(algo="ppo", total_steps=512, num_envs=16, n_steps=16, device="cpu",
+                        scorer=SMALL_SCORER, batch_size=128, learning_rate=1e-3)
+    with pytest.raises(ValueError, match=r"different configuration.*learning_rate"):
+        train_agent(other, ENV_ID, {"obs_mode": "ids"}, space, tmp_path)
+
+
+def test_interrupted_run_never_corrupts_last_good_checkpoint(space, tmp_path):
+    config = AgentConfig(algo="ppo", total_steps=512, num_envs=16, n_steps=16, device="cpu",
+                         scorer=SMALL_SCORER, batch_size=128)
+    train_agent(config, ENV_ID, {"obs_mode": "ids"}, space, tmp_path)
+    good = (tmp_path / "checkpoint.pt").read_bytes()
+    (tmp_path / "checkpoint.pt.tmp").write_bytes(b"half-written garbage")
+    payload = load_agent_checkpoint(tmp_path / "checkpoint.pt", config, space)
+    assert payload["num_timesteps"] >= 512
+    assert (tmp_path / "checkpoint.pt").read_bytes() == good
+
+
+def test_warm_start_from_ranker_of_other_item_space_is_refused(space):
+    from recsim_mm.item_space import ItemSpace
+
+    other_space = ItemSpace(item_ids=space.item_ids, text=space.text.roll(1, 0), image=space.image,
+                            quality=space.quality, duration=space.duration, topics=space.topics)
+    ranker = make_ranker(other_space)
+    config = AgentConfig(algo="ppo", num_envs=4, device="cpu")
+    venv = make_env(config, ENV_ID, {"obs_mode": "ids", "item_space": space})
+    with pytest.raises(ValueError, match="item space"):
+        build_agent(config, venv, space, ranker=ranker)
+
+
+def test_warm_start_architecture_mismatch_names_the_fields(space):
+    ranker = make_ranker(space)
+    config = AgentConfig(algo="dqn", num_envs=4, device="cpu", scorer={"hidden_dim": 16})
+    model = build_agent(config, make_env(config, ENV_ID, {"obs_mode": "ids", "item_space": space}), space)
+    with pytest.raises(ValueError, match="hidden_dim"):
+        ranker.warm_start(model.policy.scorer)
+
+
+def test_unknown_agent_name_is_an_error():
+    with pytest.raises(ValueError, match="unknown agent 'sarsa'"):
+        make_baseline("sarsa", torch.zeros(3, 4))
+    with pytest.raises(ValueError, match="unknown agent algo 'sarsa'"):
+        AgentConfig(algo="sarsa")
+
+
+@pytest.mark.parametrize("env_id", sorted(i for i in envs.ENV_IDS))
+def test_every_baseline_runs_on_every_registered_id(space, env_id):
+    import gymnasium
+
+    spec = gymnasium.spec(env_id)
+    slate = spec.kwargs.get("slate_size", 1)
+    env = RecVectorEnv(16, **{**spec.kwargs, "item_space": space, "device": "cpu", "max_steps": 20})
+    ranker = make_ranker(space)
+    for name in BASELINES:
+        policy = make_baseline(name, space.fused, popularity=np.arange(space.num_items),
+                               ranker=ranker, slate_size=None if slate == 1 else slate)
+        result = evaluate_policy(policy, env, seed=1, item_table=space.fused)
+        assert np.isfinite(result.summary()["episode_return"]), (name, env_id)
+        assert (result.session_length >= 1).all()
