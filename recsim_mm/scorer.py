@@ -60,6 +60,8 @@ class ScorerConfig:
         num_heads: attention heads (must divide ``hidden_dim``).
         num_queries: learned queries of the attention user encoder.
         max_history: longest history ``H`` the recency embedding covers.
+        history_match: add each candidate's per-modality similarity to the user's
+            clicked / skipped / engaged past items (`HistoryMatch`) to the heads.
         engagement_head: build the engagement regression head.
         use_time_left: feed ``log1p(time_left)`` into the user state.
         user_features_dim: width ``F`` of ``obs["user_features"]`` to read; 0 ignores
@@ -76,6 +78,7 @@ class ScorerConfig:
     num_heads: int = 4
     num_queries: int = 2
     max_history: int = 128
+    history_match: bool = True
     engagement_head: bool = True
     use_time_left: bool = True
     user_features_dim: int = 0
@@ -263,6 +266,58 @@ class UserEncoder(nn.Module):
         return self.norm(self.summary(torch.cat(parts, dim=-1)))
 
 
+class HistoryMatch(nn.Module):
+    """How much each candidate resembles the user's past items, per modality: ``(B, K, h)``.
+
+    For each modality part the scorer reads (text, image or both) and each candidate,
+    the cosine to every past item (the parts are L2-normalised, so a dot product) is
+    pooled four ways: mean over clicked past items, mean over shown-but-skipped ones,
+    engagement-weighted mean, and max over clicked ones. With the click and skip counts
+    these statistics go through an MLP. Keeping the modalities apart lets the heads
+    weigh text against image similarity per user, which is what the simulated users'
+    modality weight does (affinity = a * cos_text + (1 - a) * cos_image).
+    """
+
+    def __init__(self, config: ScorerConfig):
+        super().__init__()
+        parts = {"text": [(0, config.d_text)], "image": [(config.d_text, config.dim)]}
+        self.parts = parts.get(config.modality, parts["text"] + parts["image"])
+        self.stats = nn.Sequential(
+            nn.Linear(4 * len(self.parts) + 2, config.hidden_dim), nn.GELU(),
+            nn.Linear(config.hidden_dim, config.hidden_dim),
+        )
+
+    def forward(
+        self, candidates: torch.Tensor, history: torch.Tensor, feedback: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Match features.
+
+        Args:
+            candidates: ``(B, K, d)`` float32 fused candidate vectors.
+            history: ``(B, H, d)`` float32 fused past item vectors.
+            feedback: ``(B, H, 2)`` float32 ``[clicked, engagement minutes]``.
+            mask: ``(B, H)`` float32, 1 for a real past step.
+
+        Returns:
+            ``(B, K, hidden_dim)`` float32.
+        """
+        clicked = feedback[..., 0] * mask
+        skipped = (1.0 - feedback[..., 0]) * mask
+        engaged = torch.log1p(feedback[..., 1].clamp_min(0.0)) * mask
+        weights = torch.stack([clicked, skipped, engaged], dim=1)  # (B, 3, H)
+        weights = weights / weights.sum(-1, keepdim=True).clamp_min(1e-6)
+        any_click = clicked.sum(-1) > 0  # (B,)
+        stats = []
+        for start, end in self.parts:
+            cosine = torch.einsum("bkd,bhd->bkh", candidates[..., start:end], history[..., start:end])
+            stats.append(torch.einsum("bkh,bwh->bkw", cosine, weights))  # (B, K, 3)
+            best = cosine.masked_fill((clicked <= 0).unsqueeze(1), float("-inf")).amax(-1)
+            stats.append(torch.where(any_click.unsqueeze(1), best, torch.zeros_like(best)).unsqueeze(-1))
+        counts = torch.log1p(torch.stack([clicked.sum(-1), skipped.sum(-1)], dim=-1))
+        stats.append(counts.unsqueeze(1).expand(-1, candidates.shape[1], -1))
+        return self.stats(torch.cat(stats, dim=-1))
+
+
 class Scorer(nn.Module):
     """Permutation-equivariant scorer: observation dict -> one score per candidate.
 
@@ -307,9 +362,11 @@ class Scorer(nn.Module):
             self.item_table = None
         self.item_tower = ItemTower(config)
         self.user_encoder = UserEncoder(config)
+        self.history_match = HistoryMatch(config) if config.history_match else None
         h = config.hidden_dim
-        self.click_head = _mlp(3 * h, h, 1, config.dropout)
-        self.engagement_head = _mlp(3 * h, h, 1, config.dropout) if config.engagement_head else None
+        width = (4 if config.history_match else 3) * h
+        self.click_head = _mlp(width, h, 1, config.dropout)
+        self.engagement_head = _mlp(width, h, 1, config.dropout) if config.engagement_head else None
 
     @classmethod
     def for_item_space(cls, item_space, ids: bool = True, **config_overrides) -> Scorer:
@@ -391,11 +448,19 @@ class Scorer(nn.Module):
     def _pair_features(
         self, obs: dict[str, torch.Tensor], user: torch.Tensor | None = None
     ) -> torch.Tensor:
+        """``(B, K, 3h or 4h)``: [user, item, user * item (, history match)] per candidate."""
         if user is None:
             user = self.encode_user(obs)
-        items = self.item_tower(self._vectors(obs, "candidate_items", 2))
+        candidates = self._vectors(obs, "candidate_items", 2)
+        items = self.item_tower(candidates)
         user = user.unsqueeze(1).expand_as(items)
-        return torch.cat([user, items, user * items], dim=-1)
+        parts = [user, items, user * items]
+        if self.history_match is not None:
+            history = self._vectors(obs, "history_items", 2)
+            parts.append(self.history_match(
+                candidates, history, obs["history_feedback"].float(), obs["history_mask"].float()
+            ))
+        return torch.cat(parts, dim=-1)
 
     def score_with_state(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Click logits ``(B, K)`` and the user state ``(B, hidden_dim)`` from one pass.
