@@ -376,7 +376,7 @@ class RecEnv(gym.Env):
         return self._observation(), reward, terminated, truncated, info
 
     def _observation(self) -> dict[str, np.ndarray]:
-        return {key: value[0].cpu().numpy().copy() for key, value in self.simulator.observation().items()}
+        return {key: np.array(value[0]) for key, value in self.simulator.observation_arrays(copy=False).items()}
 
     def _reset_info(self) -> dict[str, Any]:
         info: dict[str, Any] = {}

@@ -183,7 +183,7 @@ class RecVectorEnv(VectorEnv):
 
     def _add_final(self, info: dict[str, Any], ended: np.ndarray) -> None:
         """SAME_STEP: stash the ended rows' last observation and info before their reset."""
-        obs = {key: value.cpu().numpy() for key, value in self.simulator.observation().items()}
+        obs = self.simulator.observation_arrays(copy=False)
         final_obs = np.full(self.num_envs, None, dtype=object)
         for row in np.flatnonzero(ended):
             final_obs[row] = {key: value[row].copy() for key, value in obs.items()}
@@ -194,10 +194,7 @@ class RecVectorEnv(VectorEnv):
         info["_final_info"] = ended.copy()
 
     def _observation(self) -> dict[str, np.ndarray]:
-        obs = self.simulator.observation()
-        if self.copy:
-            return {key: value.cpu().numpy().copy() for key, value in obs.items()}
-        return {key: value.cpu().numpy() for key, value in obs.items()}
+        return self.simulator.observation_arrays(copy=self.copy)
 
     def _state_info(self, info: dict[str, Any], valid: np.ndarray) -> dict[str, Any]:
         """Add the current candidates' affinities and hidden state, then ``_key`` masks."""

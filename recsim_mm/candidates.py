@@ -210,8 +210,8 @@ class CandidateGenerator:
         self,
         rows: torch.Tensor | None,
         num_rows: int,
-        history_items: torch.Tensor,
-        history_clicked: torch.Tensor,
+        history_items: torch.Tensor | None,
+        history_clicked: torch.Tensor | None,
         generator: torch.Generator,
     ) -> torch.Tensor:
         """Candidates for ``num_rows`` users.
@@ -220,7 +220,8 @@ class CandidateGenerator:
             rows: ``(R,)`` int64 user rows (``None``: all rows ``0..R-1``); used by
                 ``exclude_consumed``.
             num_rows: ``R``.
-            history_items: ``(R, H)`` int64 item rows of the users' observed history.
+            history_items: ``(R, H)`` int64 item rows of the users' observed history
+                (needed only when `reads_state`).
             history_clicked: ``(R, H)`` bool, True where that history item was clicked.
             generator: the simulator's generator.
 
@@ -250,7 +251,8 @@ class CandidateGenerator:
             pool = _uniform_pool(n, self.num_candidates, dev)
             pick = torch.randint(pool.shape[0], (r,), generator=generator, device=dev)
             shift = torch.randint(n, (r, 1), generator=generator, device=dev)
-            return pool[pick].add_(shift).remainder_(n)
+            cand = pool.index_select(0, pick).add_(shift)
+            return cand.sub_(n * (cand >= n))  # mod N: both terms are below N
         cand = torch.empty(r, self.num_candidates, dtype=torch.long, device=dev)
         self._fill(cand, torch.ones(cand.shape, dtype=torch.bool, device=dev), generator, history, True)
         return cand

@@ -30,6 +30,7 @@ import inspect
 from collections.abc import Callable
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from recsim_mm.candidates import CandidateConfig, CandidateGenerator
@@ -156,6 +157,7 @@ class Simulator:
         self._all_rows = torch.arange(b, device=dev)
         self._ones = torch.ones(b, device=dev)
         self._checked_user_outputs = False
+        self._numpy: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     # ------------------------------------------------------------------ reset
     def reset(self, seed: int | None = None) -> dict[str, torch.Tensor]:
@@ -291,11 +293,13 @@ class Simulator:
 
     def _draw_candidates(self, rows: torch.Tensor | None) -> None:
         """New candidates (and their vectors and true affinities) for ``rows`` (None: all)."""
-        window = slice(self._start, self._start + self.history_length)
-        items = self._hist_items[:, window]
-        clicked = self._hist_feedback[:, window, 0] > 0
-        if rows is not None:
-            items, clicked = items[rows], clicked[rows]
+        items = clicked = None
+        if self.candidate_generator.reads_state:
+            window = slice(self._start, self._start + self.history_length)
+            items = self._hist_items[:, window]
+            clicked = self._hist_feedback[:, window, 0] > 0
+            if rows is not None:
+                items, clicked = items[rows], clicked[rows]
         count = self.num_users if rows is None else rows.numel()
         fresh = self.candidate_generator.sample(rows, count, items, clicked, self.generator)
         if rows is None:
@@ -341,6 +345,36 @@ class Simulator:
         }
         if self.num_features:
             obs["user_features"] = self.users.features()
+        return obs
+
+    def observation_arrays(self, copy: bool = True) -> dict[str, np.ndarray]:
+        """The current observation as numpy arrays (same keys and shapes as `observation`).
+
+        On CPU the arrays are numpy views of the simulator's buffers, made once, so
+        producing them costs no torch call per key; ``copy=True`` returns fresh arrays
+        (what an environment hands out), ``copy=False`` views valid until the next
+        `step`/`reset`. On CUDA the tensors are copied to host memory.
+        """
+        if self.device.type != "cpu":
+            return {key: value.cpu().numpy() for key, value in self.observation().items()}
+        if self._numpy is None:
+            history = self._hist_vectors if self._hist_vectors is not None else self._hist_items
+            candidates = self._candidate_vectors if self._candidate_vectors is not None else self.candidates
+            self._numpy = (history.numpy(), self._hist_feedback.numpy(), candidates.numpy())
+        history, feedback, candidates = self._numpy
+        window = slice(self._start, self._start + self.history_length)
+        time_left = self.users.time_left().numpy().reshape(-1, 1)
+        obs = {
+            "history_items": history[:, window],
+            "history_feedback": feedback[:, window, :2],
+            "history_mask": feedback[:, window, 2],
+            "candidate_items": candidates,
+            "time_left": time_left,
+        }
+        if self.num_features:
+            obs["user_features"] = self.users.features().numpy()
+        if copy:
+            return {key: np.array(value) for key, value in obs.items()}
         return obs
 
     # ------------------------------------------------------------------ memory

@@ -115,6 +115,8 @@ def test_history_window_holds_the_last_h_shown_items_most_recent_last(space):
         assert torch.allclose(obs["history_items"][:, -width:], space.fused[expected])
         assert torch.equal(obs["history_feedback"][:, -1, 0], outcome.click.float())
         assert torch.equal(obs["history_feedback"][:, -1, 1], outcome.engagement)
+        arrays = sim.observation_arrays(copy=True)
+        assert all(np.array_equal(arrays[key], obs[key].numpy()) for key in obs)
         if width < 3:
             assert (obs["history_mask"][:, : 3 - width] == 0).all()
             assert (obs["history_items"][:, : 3 - width] == 0).all()

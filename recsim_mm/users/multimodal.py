@@ -45,7 +45,7 @@ from recsim_mm.item_space import ItemSpace
 from recsim_mm.users.base import UserModel, UserResponse
 
 #: Users per chunk when gathering candidate vectors for true affinities (cache-sized).
-_AFFINITY_CHUNK = 512
+_AFFINITY_CHUNK = 256
 #: Below this many multiply-adds a batched matmul runs as multiply + sum (see `batched_matmul`).
 _SMALL_MATMUL = 2**15
 
@@ -224,10 +224,10 @@ class MultimodalUser(UserModel):
     ``disappointments`` ``(B,)`` consecutive count; ``left`` ``(B,)`` bool.
 
     Hot-path layout: items are one table ``(N, d + 2)`` = [fused | quality - 0.5 |
-    duration] and each user one "probe" ``(d + 2, 2)`` whose first column is
-    [modality-weighted interest | quality_weight | 0] and second [satiation memory |
-    0 | 0]; a single batched matmul of the gathered slate rows with the probes yields
-    affinity + quality term and satiation for every slate item at once.
+    duration] and each user one "probe" ``(2, d + 2)`` whose rows are
+    [modality-weighted interest | quality_weight | 0] and [satiation memory | 0 | 0];
+    one batched matmul of the gathered slate rows with the probes yields affinity +
+    quality term and satiation for every slate item at once.
     """
 
     default_config: ClassVar[MultimodalUserConfig] = MultimodalUserConfig()
@@ -246,17 +246,19 @@ class MultimodalUser(UserModel):
         self.d_text, self.dim = space.d_text, space.dim
         b, d = num_users, space.dim
         self._table = torch.cat([space.fused, (space.quality - 0.5)[:, None], space.duration[:, None]], dim=1)
-        # (d, 2) one-hot map from a column to its modality: per-part norms and weights by matmul.
+        # (d, 2) one-hot map from a column to its modality: per-part norms and weights by
+        # matmul when the parts differ in width (equal widths use a cheaper reshape).
         self._segments = torch.zeros(d, 2, device=dev)
         self._segments[: self.d_text, 0] = 1
         self._segments[self.d_text :, 1] = 1
+        self._equal_parts = space.d_text == space.d_image
         self._centres_text, self._centres_image = self._topic_centres(space)
         self.interest = torch.zeros(b, d, device=dev)
         self.modality_weight = torch.zeros(b, device=dev)
-        self._probe = torch.zeros(b, d + 2, 2, device=dev)
-        self._probe[:, d, 0] = cfg.quality_weight
-        self._weighted = self._probe[:, :d, 0]  # view: interest scaled by modality weights
-        self.satiation = self._probe[:, :d, 1]  # view
+        self._probe = torch.zeros(b, 2, d + 2, device=dev)
+        self._probe[:, 0, d] = cfg.quality_weight
+        self._weighted = self._probe[:, 0, :d]  # view: interest scaled by modality weights
+        self.satiation = self._probe[:, 1, :d]  # view
         self.budget = torch.zeros(b, device=dev)
         self.disappointments = torch.zeros(b, device=dev)
         self.left = torch.zeros(b, dtype=torch.bool, device=dev)
@@ -312,19 +314,35 @@ class MultimodalUser(UserModel):
     def _column_weights(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """``(R, d)``: ``a`` on the text columns, ``1 - a`` on the image columns."""
         a = self.modality_weight if rows is None else self.modality_weight[rows]
+        if self._equal_parts:
+            half = self.d_text
+            return torch.stack([a, 1 - a], dim=1).repeat_interleave(half, dim=1)
         return torch.stack([a, 1 - a], dim=1) @ self._segments.T
 
+    def _normalise_parts(self) -> None:
+        """Rescale the text and the image part of every interest to unit norm, in place."""
+        if self._equal_parts:
+            parts = self.interest.view(self.num_users, 2, self.d_text)
+            parts.div_(torch.linalg.vector_norm(parts, dim=2, keepdim=True).clamp_min_(1e-12))
+            return
+        norms = (self.interest * self.interest) @ self._segments
+        self.interest.mul_(norms.clamp_min_(1e-24).rsqrt_() @ self._segments.T)
+
     # ---------------------------------------------------------------- step
+    def _gather(self, items: torch.Tensor) -> torch.Tensor:
+        """``(B, S, d + 2)`` table rows of ``(B, S)`` items (index_select: the fast gather)."""
+        return self._table.index_select(0, items.reshape(-1)).view(*items.shape, self.dim + 2)
+
     def utility(self, items: torch.Tensor) -> torch.Tensor:
         """``(B, S)`` float32 utility of items: affinity + quality term - satiation penalty.
 
         Args:
             items: ``(B, S)`` int64 item rows.
         """
-        return self._utility(self._table[items])
+        return self._utility(self._gather(items))
 
     def _utility(self, rows: torch.Tensor) -> torch.Tensor:
-        scores = batched_matmul(rows, self._probe)  # (B, S, 2): [affinity + quality term, satiation]
+        scores = batched_matmul(rows, self._probe.mT)  # (B, S, 2): [affinity + quality, satiation]
         utility = scores[..., 0]
         if self.config.satiation_strength:
             utility = utility - self.config.satiation_strength * scores[..., 1].clamp_min(0)
@@ -332,7 +350,7 @@ class MultimodalUser(UserModel):
 
     def respond(self, slate: torch.Tensor, generator: torch.Generator) -> UserResponse:
         cfg, d = self.config, self.dim
-        rows = self._table[slate]  # (B, S, d + 2)
+        rows = self._gather(slate)  # (B, S, d + 2)
         utility = self._utility(rows)
         clicked = self.choice.choose(utility, generator)
         if slate.shape[1] == 1:
@@ -361,9 +379,7 @@ class MultimodalUser(UserModel):
         if cfg.drift_rate:
             step = (cfg.drift_rate * watched).unsqueeze(1)
             self.interest.addcmul_(self._chosen - self.interest, step)
-            # Renormalise each modality part: per-part squared norms via the segment map.
-            norms = (self.interest * self.interest) @ self._segments
-            self.interest.mul_(norms.rsqrt_() @ self._segments.T)
+            self._normalise_parts()
             torch.mul(self.interest, self._column_weights(), out=self._weighted)
         # Budget: pay the minutes and the browsing cost, get refund_rate * watched back per minute.
         self.budget.addcmul_(response.engagement, watched * cfg.refund_rate - 1).sub_(cfg.step_cost).clamp_min_(0)
@@ -388,15 +404,18 @@ class MultimodalUser(UserModel):
             fused: optional ``(R, K, d)`` fused vectors of ``items`` (saves a gather).
         """
         weighted = self._weighted if rows is None else self._weighted[rows]
-        if fused is not None:
-            return batched_matmul(fused, weighted.unsqueeze(2)).squeeze(2)
-        out = torch.empty(items.shape, device=self.device)
-        # Chunks keep the gathered (chunk, K, d) block in cache instead of materialising
-        # all of (R, K, d) in memory.
-        for start in range(0, items.shape[0], _AFFINITY_CHUNK):
-            part = self._table[items[start : start + _AFFINITY_CHUNK], : self.dim]
-            w = weighted[start : start + _AFFINITY_CHUNK].unsqueeze(2)
-            batched_matmul(part, w, out=out[start : start + _AFFINITY_CHUNK].unsqueeze(2))
+        r, k = items.shape
+        out = torch.empty(r, k, device=self.device)
+        # Chunks of users keep the (chunk, K, d) product in cache; torch's batched
+        # matrix-vector kernels are several times slower than this on CPU.
+        for start in range(0, r, _AFFINITY_CHUNK):
+            stop = min(start + _AFFINITY_CHUNK, r)
+            if fused is not None:
+                part = fused[start:stop]
+            else:
+                part = self._table.index_select(0, items[start:stop].reshape(-1))[:, : self.dim]
+                part = part.view(stop - start, k, self.dim)
+            torch.sum(part * weighted[start:stop].unsqueeze(1), dim=2, out=out[start:stop])
         return out
 
     def max_time_left(self) -> float:
