@@ -43,6 +43,8 @@ class SB3VecEnv(VecEnv):
 
     Attributes:
         venv: the underlying `RecVectorEnv` (``SAME_STEP`` autoreset).
+        last_info: the vector env's batched info dict of the last step (arrays with a
+            leading B: ``click``, ``engagement``, ...), for metric callbacks.
 
     ``get_attr`` / ``env_method`` act on that single batched env and return its
     answer once per row; ``set_attr`` sets it for all rows (per-row indices other
