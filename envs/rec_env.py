@@ -87,6 +87,8 @@ class RecEnvOptions:
             raise ValueError(f"item_space must be a recsim_mm.ItemSpace; got {type(parsed.item_space).__name__}")
         if parsed.item_space is not None and parsed.item_space_options:
             raise ValueError("give either item_space=... or item_space_options=..., not both")
+        if parsed.item_space_options and "device" in parsed.item_space_options:
+            raise ValueError("item_space_options must not set 'device'; use the environment option device=")
         if parsed.user_params is not None and not isinstance(parsed.user_params, dict):
             raise ValueError(f"user_params must be a dict; got {type(parsed.user_params).__name__}")
         return parsed
