@@ -32,6 +32,8 @@ class EvalResult:
         coverage: distinct recommended items / catalog size, over all users.
         trajectories: per-step hidden state for the first ``trace_users`` users (for
             plots of how interests move); keys from the user model's hidden state.
+        intra_list_diversity: slate environments only: per user, the mean over steps
+            of ``1 - mean pairwise cosine`` of the slate's items; None for single items.
     """
 
     episode_return: np.ndarray
@@ -42,10 +44,15 @@ class EvalResult:
     novelty: np.ndarray
     coverage: float
     trajectories: dict[str, np.ndarray] = field(default_factory=dict)
+    intra_list_diversity: np.ndarray | None = None
 
     def summary(self) -> dict[str, float]:
-        """Scalar metrics averaged over users (NaNs ignored where a user has none)."""
+        """Scalar metrics averaged over users (NaNs ignored where a user has none);
+        ``intra_list_diversity`` only for slate environments."""
         steps = np.maximum(self.session_length, 1)
+        extra = {}
+        if self.intra_list_diversity is not None:
+            extra["intra_list_diversity"] = _nanmean(self.intra_list_diversity)
         return {
             "episode_return": float(self.episode_return.mean()),
             "ctr": float((self.clicks / steps).mean()),
@@ -54,6 +61,7 @@ class EvalResult:
             "session_diversity": _nanmean(self.session_diversity),
             "novelty": _nanmean(self.novelty),
             "coverage": float(self.coverage),
+            **extra,
         }
 
 
@@ -111,6 +119,8 @@ def evaluate_policy(
     if popularity is not None:
         share = (np.asarray(popularity, dtype=np.float64) + 1.0) / (np.sum(popularity) + len(popularity))
     novelty_sum = np.zeros(num_users)
+    slate_diversity_sum = np.zeros(num_users)
+    unit_table = table / np.maximum(np.linalg.norm(table, axis=1, keepdims=True), 1e-12)
     traces: dict[str, list[np.ndarray]] = {}
     limit = max_steps if max_steps is not None else env.simulator.max_steps + 1
     for _ in range(limit):
@@ -124,6 +134,11 @@ def evaluate_policy(
         recommended.append(shown[alive])
         if share is not None:
             novelty_sum[alive] += -np.log2(share[shown[alive]])
+        if actions.ndim == 2 and actions.shape[1] > 1:
+            slate = unit_table[np.take_along_axis(rows, actions, axis=1)]  # (B, S, d)
+            s = slate.shape[1]
+            sim = np.einsum("bsd,btd->b", slate, slate)
+            slate_diversity_sum[alive] += (1.0 - (sim - s) / (s * (s - 1)))[alive]
         next_obs, reward, terminated, truncated, info = env.step(actions)
         if hasattr(policy, "update"):
             policy.update(obs, actions, reward, info)
@@ -144,6 +159,7 @@ def evaluate_policy(
         raise RuntimeError(f"evaluation did not finish within {limit} steps; some users never ended")
     novelty = novelty_sum / np.maximum(length, 1) if share is not None else np.full(num_users, np.nan)
     coverage = len(np.unique(np.concatenate(recommended))) / len(table)
+    slate_env = actions.ndim == 2 and actions.shape[1] > 1
     return EvalResult(
         episode_return=ret,
         clicks=clicks,
@@ -153,4 +169,5 @@ def evaluate_policy(
         novelty=novelty,
         coverage=coverage,
         trajectories={k: np.stack(v) for k, v in traces.items()},
+        intra_list_diversity=slate_diversity_sum / np.maximum(length, 1) if slate_env else None,
     )

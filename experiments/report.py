@@ -1,0 +1,296 @@
+"""What an experiment writes for people: statistics over seeds, the summary, CSV files, plots.
+
+Statistics are over experiment seeds (each seed is a full replicate: its own ranker,
+agents and held-out users). `mean_ci` gives the mean and the half-width of the
+two-sided 95% Student-t interval; `paired_difference` compares two strategies seed by
+seed (both were evaluated on the same users of that seed), which removes the
+between-seed variance the two share.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+#: Metrics of `agents.evaluation.EvalResult.summary`, in table order, with their units.
+METRICS = {
+    "episode_return": "true simulator return per session",
+    "ctr": "clicks per step",
+    "engagement_per_step": "minutes per step",
+    "session_length": "steps per session",
+    "session_diversity": "1 - mean cosine between a user's clicked items",
+    "intra_list_diversity": "1 - mean cosine within a slate (slate envs only)",
+    "novelty": "mean -log2 popularity share of recommended items (bits)",
+    "coverage": "share of the catalog ever recommended",
+}
+#: Metrics drawn in the bar chart.
+BAR_METRICS = ("episode_return", "ctr", "engagement_per_step", "session_length",
+               "session_diversity", "coverage")
+
+
+def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """Mean and half-width of the two-sided Student-t confidence interval.
+
+    Args:
+        values: one value per seed (NaNs are dropped).
+        level: confidence level.
+
+    Returns:
+        ``(mean, half_width)``; the half-width is NaN with fewer than two values.
+    """
+    x = np.asarray([v for v in values if np.isfinite(v)], dtype=np.float64)
+    if x.size == 0:
+        return float("nan"), float("nan")
+    if x.size == 1:
+        return float(x[0]), float("nan")
+    half = stats.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
+    return float(x.mean()), float(half)
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> dict[str, float]:
+    """Seed-by-seed comparison of strategy ``a`` against ``b`` (same seeds, same order).
+
+    Returns:
+        ``{"diff": mean of a - b, "ci_low", "ci_high" (Student-t interval of the mean
+        difference; NaN with one seed), "p_value" (two-sided paired t-test; NaN with one
+        seed or zero variance), "wins" (seeds where a > b), "n"}``.
+    """
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    mean, half = mean_ci(d, level)
+    p = float("nan")
+    if d.size >= 2 and d.std(ddof=1) > 0:
+        p = float(stats.ttest_1samp(d, 0.0).pvalue)
+    return {"diff": mean, "ci_low": mean - half, "ci_high": mean + half, "p_value": p,
+            "wins": int((d > 0).sum()), "n": int(d.size)}
+
+
+def _fmt(mean: float, half: float, digits: int = 3) -> str:
+    if not np.isfinite(mean):
+        return "n/a"
+    if not np.isfinite(half):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {half:.{digits}f}"
+
+
+def write_rows(path: Path, header: Sequence[str], rows: Iterable[Sequence]) -> None:
+    """A CSV file with ``header``; floats written with `repr` (exact round trip)."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for row in rows:
+            writer.writerow([repr(v) if isinstance(v, float) else v for v in row])
+
+
+def comparison_table(metrics: dict[str, dict[int, dict[str, float]]], names: Sequence[str]) -> str:
+    """Markdown table: one row per strategy, ``mean ± 95% CI half-width`` per metric.
+
+    Args:
+        metrics: ``{strategy: {seed: {metric: value}}}``.
+        names: metrics (columns) to show.
+    """
+    lines = ["| strategy | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for strategy, per_seed in metrics.items():
+        cells = []
+        for name in names:
+            mean, half = mean_ci([s.get(name, float("nan")) for s in per_seed.values()])
+            cells.append(_fmt(mean, half))
+        lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def paired_table(comparisons: dict[str, dict[str, float]], metric: str) -> str:
+    """Markdown table of `paired_difference` results of each RL strategy vs the greedy ranker."""
+    lines = [f"| strategy | Δ {metric} vs greedy | 95% CI | p (paired t) | seeds won |",
+             "|---|---|---|---|---|"]
+    for strategy, c in comparisons.items():
+        ci = "n/a" if not np.isfinite(c["ci_low"]) else f"[{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]"
+        p = "n/a" if not np.isfinite(c["p_value"]) else f"{c['p_value']:.3f}"
+        lines.append(f"| {strategy} | {c['diff']:+.3f} | {ci} | {p} | {c['wins']}/{c['n']} |")
+    return "\n".join(lines)
+
+
+def ranker_table(offline: dict[str, dict[int, dict[str, float]]]) -> str:
+    """Markdown table of the ranker's held-out offline metrics per modality (mean ± CI)."""
+    names = sorted({k for per_seed in offline.values() for m in per_seed.values() for k in m
+                    if k not in ("records", "click_rate")},
+                   key=lambda k: (k != "auc", k))
+    lines = ["| ranker | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for modality, per_seed in offline.items():
+        cells = [_fmt(*mean_ci([m[n] for m in per_seed.values()])) for n in names]
+        lines.append(f"| {modality} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def reading(
+    metrics: dict[str, dict[int, dict[str, float]]],
+    comparisons: dict[str, dict[str, float]],
+    offline: dict[str, dict[int, dict[str, float]]],
+    env_id: str,
+) -> str:
+    """A short plain-language reading of the results (what the tables say, no more)."""
+    out = []
+    means = {s: mean_ci([m["episode_return"] for m in per.values()])[0] for s, per in metrics.items()}
+    fair = {s: v for s, v in means.items() if s != "oracle"}
+    if fair:
+        best = max(fair, key=fair.get)
+        out.append(f"- Highest mean episode return (excluding the privileged oracle): **{best}** "
+                   f"({fair[best]:.2f}).")
+    if "oracle" in means:
+        out.append(f"- The oracle reads the true affinities (privileged); it is the upper bound of "
+                   f"myopic play ({means['oracle']:.2f}), not a deployable strategy. An RL agent can "
+                   "exceed it only by planning over the session.")
+    for strategy, c in comparisons.items():
+        if c["n"] < 2 or not np.isfinite(c["ci_low"]):
+            verdict = f"a single seed gives no interval (difference {c['diff']:+.2f}); run more seeds"
+        elif c["ci_low"] > 0:
+            verdict = f"beats the greedy ranker: {c['diff']:+.2f} per session, 95% CI excludes 0"
+        elif c["ci_high"] < 0:
+            verdict = f"is worse than the greedy ranker: {c['diff']:+.2f} per session, 95% CI excludes 0"
+        else:
+            verdict = (f"is not distinguishable from the greedy ranker ({c['diff']:+.2f} per session, "
+                       f"95% CI [{c['ci_low']:+.2f}, {c['ci_high']:+.2f}] includes 0)")
+        out.append(f"- **{strategy}** {verdict}; it won {c['wins']} of {c['n']} seeds.")
+    if "Myopic" in env_id and comparisons:
+        out.append("- This is the Myopic control: greedy is optimal here, so RL should not win.")
+    if {"fused", "text", "image"} <= set(offline):
+        auc = {m: mean_ci([v["auc"] for v in offline[m].values()])[0] for m in ("fused", "text", "image")}
+        better = "above" if auc["fused"] > max(auc["text"], auc["image"]) else "not above"
+        out.append(f"- Ranker AUC on held-out logs: fused {auc['fused']:.3f} vs text-only {auc['text']:.3f}, "
+                   f"image-only {auc['image']:.3f}: using both modalities is {better} either one alone.")
+    out.append("- Intervals are over seeds (each a full replicate); with few seeds they are wide. "
+               "Add seeds (`seeds=[0,1,2,3,4]`) before drawing conclusions from small differences.")
+    return "\n".join(out)
+
+
+# -- plots -----------------------------------------------------------------------------------
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_learning_curves(
+    curves: dict[str, dict[int, list[tuple[int, float]]]],
+    greedy_level: float | None,
+    path: Path,
+) -> None:
+    """Episode return on held-out curve users vs environment steps, mean over seeds
+    (band: min-max over seeds), with the greedy ranker's level on the same users."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for strategy, per_seed in curves.items():
+        steps = sorted({s for rows in per_seed.values() for s, _ in rows})
+        if not steps:
+            continue
+        grid = np.full((len(per_seed), len(steps)), np.nan)
+        for i, rows in enumerate(per_seed.values()):
+            lookup = dict(rows)
+            grid[i] = [lookup.get(s, np.nan) for s in steps]
+        mean = np.nanmean(grid, axis=0)
+        line, = ax.plot(steps, mean, marker="o", ms=3, label=strategy)
+        if len(per_seed) > 1:
+            ax.fill_between(steps, np.nanmin(grid, 0), np.nanmax(grid, 0), color=line.get_color(), alpha=0.2)
+    if greedy_level is not None and np.isfinite(greedy_level):
+        ax.axhline(greedy_level, color="black", ls="--", lw=1.2, label="greedy ranker")
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("episode return (held-out curve users)")
+    ax.set_title("Learning curves (mean over seeds; band: min-max)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_metric_bars(metrics: dict[str, dict[int, dict[str, float]]], path: Path) -> None:
+    """One panel per metric: a bar per strategy at the mean, error bar = 95% CI over seeds."""
+    plt = _pyplot()
+    names = [n for n in BAR_METRICS if any(n in m for per in metrics.values() for m in per.values())]
+    cols = 3
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    strategies = list(metrics)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, name in zip(axes.flat, names, strict=False):
+        values = [mean_ci([m.get(name, np.nan) for m in metrics[s].values()]) for s in strategies]
+        means = [v[0] for v in values]
+        errs = [0.0 if not np.isfinite(v[1]) else v[1] for v in values]
+        ax.bar(range(len(strategies)), means, yerr=errs, capsize=3,
+               color=[colors[i % len(colors)] for i in range(len(strategies))])
+        ax.set_xticks(range(len(strategies)), strategies, rotation=35, ha="right", fontsize=8)
+        ax.set_title(name, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.suptitle("Held-out evaluation: mean over seeds, error bars = 95% CI")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_interest_trajectory(traces: dict[str, dict[str, np.ndarray]], topic_names: Sequence[str] | None,
+                             path: Path) -> None:
+    """How one held-out user's hidden state moves during an episode, greedy vs RL.
+
+    Args:
+        traces: ``{strategy: {"interest_topics": (T_steps, topics) cosine of the user's
+            text interest with each topic's centre (optional), "time_left": (T_steps,),
+            "satiation": (T_steps,) norm of the satiation memory (optional),
+            "affinity": (T_steps,) true affinity of the recommended item,
+            "hidden:<name>": (T_steps,) the user model's changing hidden state}}`` for one user.
+        topic_names: labels of the topic axis.
+        path: PNG file.
+    """
+    plt = _pyplot()
+    strategies = list(traces)
+    has_topics = all("interest_topics" in t for t in traces.values())
+    top = len(strategies) if has_topics else 0
+    fig, axes = plt.subplots(top + 1, 1, figsize=(8, 2.4 * top + 3.2), squeeze=False)
+    axes = axes[:, 0]
+    longest = max(len(t["time_left"]) for t in traces.values())
+    for ax, strategy in zip(axes[:top], strategies, strict=False):
+        grid = np.full((traces[strategy]["interest_topics"].shape[1], longest), np.nan)
+        grid[:, : len(traces[strategy]["time_left"])] = traces[strategy]["interest_topics"].T
+        image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=-0.2, vmax=1.0, interpolation="nearest")
+        ax.set_title(f"{strategy}: cosine of the user's text interest with each topic "
+                     f"(session of {len(traces[strategy]['time_left'])} steps)", fontsize=9)
+        if topic_names is not None:
+            ax.set_yticks(range(len(topic_names)), topic_names, fontsize=7)
+        ax.set_xlabel("step", fontsize=8)
+        fig.colorbar(image, ax=ax, fraction=0.03)
+    ax = axes[-1]
+    styles = {"affinity": "-", "satiation": ":"}
+    for i, strategy in enumerate(strategies):
+        color = f"C{i}"
+        trace = traces[strategy]
+        for key, style in styles.items():
+            if key in trace:
+                ax.plot(trace[key], style, color=color, label=f"{strategy}: {key}")
+        for key in sorted(k for k in trace if k.startswith("hidden:")):
+            ax.plot(trace[key], "-.", color=color, label=f"{strategy}: {key[7:]}")
+    ax.set_xlabel("step")
+    ax.set_xlim(-0.5, longest - 0.5)
+    ax.set_ylabel("affinity / satiation / hidden state")
+    twin = ax.twinx()
+    for i, strategy in enumerate(strategies):
+        twin.plot(traces[strategy]["time_left"], "--", color=f"C{i}", alpha=0.6, label=f"{strategy}: time left")
+    twin.set_ylabel("time left (minutes, dashed)")
+    handles = ax.get_legend_handles_labels()
+    handles2 = twin.get_legend_handles_labels()
+    ax.legend(handles[0] + handles2[0], handles[1] + handles2[1], fontsize=7, loc="upper right")
+    ax.set_title("Affinity of the recommended item, hidden state and time budget (same user, same seed)",
+                 fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,287 @@
+"""experiments/run.py end to end: the results folder, determinism, the stage cache, resume
+after a kill, a custom user model from the docs, and bad input stopped before training.
+
+Runs use tiny overrides (a 300-item catalog, a few hundred users, ~1k agent steps) so the
+whole module stays within its time budget; the `quick` preset is exercised once.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from experiments import report
+from experiments.config import ConfigError, load_config, to_dict, valid_keys
+from experiments.run import cli, main
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN = ROOT / "experiments" / "run.py"
+
+#: A complete experiment in seconds: every stage runs, on tiny sizes.
+TINY = [
+    "progress=false", "seeds=[0,1]", "catalog.num_items=300", "encoders.d_text=16", "encoders.d_image=16",
+    "env.max_steps=20", "logging.num_users=200", "logging.test_users=80",
+    "scorer.hidden_dim=16", "scorer.num_heads=2", "ranker.max_epochs=2", "ranker.ablations=false",
+    "ppo.total_steps=1024", "ppo.num_envs=16", "ppo.n_steps=32", "ppo.batch_size=256",
+    "ppo.checkpoint_every=512", "dqn.total_steps=1024", "dqn.num_envs=16", "dqn.learning_starts=256",
+    "dqn.checkpoint_every=512", "eval.num_users=48", "eval.curve_users=16", "eval.curve_every=512",
+    "eval.trace_users=2",
+]
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    # run.py sets torch's thread count (config key `threads`); other test modules keep theirs.
+    previous = torch.get_num_threads()
+    yield
+    torch.set_num_threads(previous)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def stage_status(run_dir: Path) -> list[dict]:
+    return json.loads((run_dir / "stages.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """`preset=quick` shrunk by TINY, with the ranker ablations on: the results folder."""
+    results = tmp_path_factory.mktemp("quick") / "results"
+    return main(["preset=quick", *TINY, "ranker.ablations=true", f"results_dir={results}"])
+
+
+def test_quick_preset_writes_the_full_results_folder(quick_run):
+    run_dir = quick_run
+    assert run_dir.name.startswith("quick-")
+    strategies = ["random", "popular", "oracle", "linucb", "greedy", "ppo-warm", "dqn-warm"]
+    rows = read_metrics(run_dir)
+    assert {r["strategy"] for r in rows} == set(strategies)
+    assert {r["seed"] for r in rows} == {"0", "1"}
+    metrics = {r["metric"] for r in rows}
+    assert {"episode_return", "ctr", "engagement_per_step", "session_length", "session_diversity",
+            "novelty", "coverage"} <= metrics
+    assert len(rows) == len(strategies) * 2 * len(metrics)
+    assert all(np.isfinite(float(r["value"])) for r in rows if r["metric"] != "session_diversity")
+    summary = (run_dir / "summary.md").read_text()
+    for strategy in strategies:
+        assert f"| {strategy} |" in summary
+    assert "Paired comparison with the greedy ranker" in summary and "## Reading" in summary
+    with open(run_dir / "ranker_metrics.csv") as f:
+        offline = list(csv.DictReader(f))
+    assert {r["ranker"] for r in offline} == {"fused", "text", "image"}
+    assert {"auc", "ndcg@5", "recall@5"} <= {r["metric"] for r in offline}
+    for plot in ("metrics.png", "learning_curves.png", "interest_trajectory.png"):
+        assert (run_dir / "plots" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", plot
+    for name in ("ppo-warm-seed0", "dqn-warm-seed1", "ranker-fused-seed0", "ranker-text-seed1"):
+        assert list((run_dir / "tensorboard" / name).glob("events.out.tfevents.*")), name
+    agent = torch.load(run_dir / "checkpoints" / "ppo-warm-seed0.pt", weights_only=True)
+    assert agent["num_timesteps"] == 1024
+    assert (run_dir / "checkpoints" / "ranker-image-seed1.pt").is_file()
+    with open(run_dir / "learning_curves.csv") as f:
+        curve = [r for r in csv.DictReader(f) if r["strategy"] == "ppo-warm" and r["seed"] == "0"]
+    assert [int(r["step"]) for r in curve] == [0, 512, 1024]
+    # The resolved config reads back to the same config.
+    again = load_config([f"preset={run_dir / 'config.yaml'}"])
+    assert to_dict(again) == yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert again.name == "quick" and again.ppo.total_steps == 1024
+
+
+def test_rerun_of_a_finished_config_trains_nothing(quick_run):
+    cache = quick_run.parent / ".cache"
+    checkpoints = {p: p.stat().st_mtime_ns for p in cache.glob("*/checkpoint.pt")}
+    rankers = {p: p.stat().st_mtime_ns for p in cache.glob("ranker-*/ranker.pt")}
+    assert len(checkpoints) == 4 and len(rankers) == 6
+    again = main(["preset=quick", *TINY, "ranker.ablations=true", f"results_dir={quick_run.parent}"])
+    assert again != quick_run  # a new folder; the earlier one is untouched
+    statuses = stage_status(again)
+    assert {s["stage"] for s in statuses} == {"items", "logs", "ranker", "agent", "eval"}
+    assert all(s["status"] == "cached" for s in statuses), [s for s in statuses if s["status"] != "cached"]
+    assert {p: p.stat().st_mtime_ns for p in cache.glob("*/checkpoint.pt")} == checkpoints
+    assert {p: p.stat().st_mtime_ns for p in cache.glob("ranker-*/ranker.pt")} == rankers
+    assert (again / "metrics.csv").read_bytes() == (quick_run / "metrics.csv").read_bytes()
+
+
+def test_same_config_and_seed_give_the_same_metrics(tmp_path):
+    # Separate caches: the second run recomputes every stage instead of reusing the first.
+    runs = [main([*TINY, "agents=[random,greedy,ppo,dqn]", f"results_dir={tmp_path / name}"])
+            for name in ("a", "b")]
+    assert all(s["status"] == "computed" for s in stage_status(runs[1]))
+    first, second = ((run / "metrics.csv").read_bytes() for run in runs)
+    assert first == second
+    rows = read_metrics(runs[0])
+    by_seed = {seed: [r["value"] for r in rows if r["seed"] == seed] for seed in ("0", "1")}
+    assert by_seed["0"] != by_seed["1"]  # the seed matters: the check above is not vacuous
+
+
+def test_a_killed_run_resumes_agent_training_from_its_checkpoint(tmp_path):
+    args = [*TINY, "seeds=[0]", "agents=[greedy,ppo]", "ppo.total_steps=4096", "ppo.checkpoint_every=256",
+            f"results_dir={tmp_path}"]
+    process = subprocess.Popen([sys.executable, str(RUN), *args], cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    checkpoint = None
+    while checkpoint is None and time.monotonic() < deadline and process.poll() is None:
+        found = list((tmp_path / ".cache").glob("agent-*/checkpoint.pt"))
+        checkpoint = found[0] if found else None
+        time.sleep(0.05)
+    assert checkpoint is not None, process.stderr.read().decode()[-2000:] if process.poll() is not None else ""
+    process.send_signal(signal.SIGKILL)  # no clean-up, no final checkpoint: a hard crash
+    process.wait()
+    stage = checkpoint.parent
+    assert not (stage / "done.json").exists()
+    killed_at = torch.load(checkpoint, weights_only=True)["num_timesteps"]
+    assert 256 <= killed_at < 4096
+    run_dir = main(args)
+    agent = [s for s in stage_status(run_dir) if s["stage"] == "agent"]
+    assert agent[0]["status"].startswith("resumed from step ")
+    resumed_from = int(agent[0]["status"].rsplit(" ", 1)[1])
+    assert resumed_from >= killed_at
+    assert agent[0]["num_timesteps"] == 4096
+    assert json.loads((stage / "done.json").read_text())["resumed_from"] == resumed_from
+    assert all(s["status"] == "cached" for s in stage_status(run_dir) if s["stage"] in ("items", "logs", "ranker"))
+
+
+def docs_user_model(tmp_path: Path) -> Path:
+    """Write the first ```python block of docs/experiments.md (the user model) to bored_users.py."""
+    text = (ROOT / "docs" / "experiments.md").read_text()
+    block = re.findall(r"^```python\n(.*?)^```", text, re.S | re.M)[0]
+    assert "class BoredUser(UserModel)" in block
+    folder = tmp_path / "my_code"
+    folder.mkdir()
+    (folder / "bored_users.py").write_text(block)
+    return folder
+
+
+def test_custom_user_model_from_the_docs_by_dotted_path(tmp_path, monkeypatch):
+    folder = docs_user_model(tmp_path)
+    monkeypatch.chdir(folder)  # as in the docs: run from the folder that holds bored_users.py
+    monkeypatch.delitem(sys.modules, "bored_users", raising=False)
+    run_dir = main([*TINY, "seeds=[0]", "user_model=bored_users:BoredUser", "user_params.boredom_weight=0.8",
+                    "agents=[random,greedy,ppo]", f"results_dir={tmp_path / 'results'}"])
+    assert Path(sys.modules["bored_users"].__file__).parent == folder
+    assert "User model: `bored_users:BoredUser` {'boredom_weight': 0.8}" in (run_dir / "summary.md").read_text()
+    rows = read_metrics(run_dir)
+    assert {r["strategy"] for r in rows} == {"random", "greedy", "ppo-warm"}
+    # The bored users' sessions end by the model's own rules: budget 200 min or 3 misses.
+    lengths = [float(r["value"]) for r in rows if r["metric"] == "session_length"]
+    assert all(1 <= v < 20 for v in lengths)
+    # A parameter the model does not take is an error naming user_params, before training.
+    with pytest.raises(ConfigError, match="user_params.*boredom_wieght"):
+        main([*TINY, "user_model=bored_users:BoredUser", "user_params.boredom_wieght=0.8",
+              f"results_dir={tmp_path / 'results2'}"])
+    assert not list((tmp_path / "results2" / ".cache").glob("agent-*"))
+    assert not list((tmp_path / "results2" / ".cache").glob("ranker-*"))
+
+
+# -- bad input: stopped before any training, earlier results untouched -------------------------
+
+
+@pytest.fixture
+def earlier_results(tmp_path):
+    """A results folder with an earlier run in it, to prove nothing is overwritten."""
+    results = tmp_path / "results"
+    earlier = results / "default-20240101-000000"
+    earlier.mkdir(parents=True)
+    (earlier / "metrics.csv").write_text("strategy,seed,metric,value\ngreedy,0,ctr,0.5\n")
+    return results
+
+
+def assert_nothing_trained(results: Path) -> None:
+    assert [p.name for p in results.iterdir() if not p.name.startswith(".")] == ["default-20240101-000000"]
+    assert (results / "default-20240101-000000" / "metrics.csv").read_text().endswith("greedy,0,ctr,0.5\n")
+    cache = results / ".cache"
+    assert not cache.exists() or not [p for p in cache.iterdir() if p.name.startswith(("ranker", "agent"))]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("ppo.total_step=5", r"unknown config key 'ppo.total_step'; did you mean 'ppo.total_steps'\?"),
+    ("rankr.lr=0.1", r"unknown config key 'rankr.lr'; did you mean 'ranker.lr'\?"),
+    ("ppo.total_steps=lots", r"config key 'ppo.total_steps' expects int; got 'lots'"),
+    ("seeds=3", r"config key 'seeds' expects a list like \[a,b\]; got 3"),
+    ("ranker.ablations=maybe", r"config key 'ranker.ablations' expects bool; got 'maybe'"),
+    ("agents=[greedy,ppo,a2c]", r"config key 'agents' has unknown agent 'a2c'"),
+    ("agents=[greedy,dpn]", r"unknown agent 'dpn' \(did you mean 'dqn'\?\)"),
+    ("user_model=no_such_module:User", r"config key 'user_model': .*no_such_module"),
+    ("user_model=satiaton", r"config key 'user_model': unknown user model 'satiaton'"),
+    ("encoders.text=/no/such/bert", r"config key 'encoders.text': cannot use text encoder '/no/such/bert'"),
+    ("encoders.text=no-such-bert", r"config key 'encoders.text': .*unknown text encoder 'no-such-bert'"),
+    ("encoders.image=resnet5O", r"config key 'encoders.image': unknown image encoder 'resnet5O'"),
+    ("catalog.path=no_such_items.csv", r"config key 'catalog.path': catalog file 'no_such_items.csv' does not exist"),
+    ("env.id=recsim_mm/Nope-v0", r"config key 'env.id': unknown environment 'recsim_mm/Nope-v0'"),
+    ("preset=tiny", r"unknown preset 'tiny'"),
+    ("eval.seed_offset=1", r"config key 'eval.seed_offset' = 1: held-out seed 1 falls in the training seeds"),
+])
+def test_bad_input_stops_before_training_naming_the_key(earlier_results, override, message):
+    with pytest.raises(ConfigError, match=message):
+        main([*TINY, override, f"results_dir={earlier_results}"])
+    assert_nothing_trained(earlier_results)
+
+
+def test_bad_input_on_the_command_line_is_one_error_line_and_exit_code_2(tmp_path, monkeypatch, capsys):
+    # `python experiments/run.py ...` is `sys.exit(cli())` with these arguments.
+    monkeypatch.setattr(sys, "argv", ["run.py", "ppo.total_step=5", f"results_dir={tmp_path}"])
+    assert cli() == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown config key 'ppo.total_step'; did you mean 'ppo.total_steps'?")
+    assert "Traceback" not in err and not list(tmp_path.iterdir())
+
+
+def test_results_folder_that_is_not_writable_stops_before_training(earlier_results, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ConfigError, match=r"config key 'results_dir': folder '.*a_file/results' is not writable"):
+        main([*TINY, f"results_dir={blocker / 'results'}"])
+    if os.geteuid() != 0:  # root ignores permission bits; the case above covers it
+        earlier_results.chmod(0o500)
+        try:
+            with pytest.raises(ConfigError, match="config key 'results_dir'.*not writable"):
+                main([*TINY, f"results_dir={earlier_results}"])
+        finally:
+            earlier_results.chmod(0o700)
+    assert_nothing_trained(earlier_results)
+
+
+# -- configuration and statistics ---------------------------------------------------------------
+
+
+def test_presets_load_and_overrides_take_precedence():
+    for preset in ("quick", "default", "full"):
+        config = load_config([f"preset={preset}"])
+        assert config.name == preset
+    config = load_config(["ppo.total_steps=5000", "preset=quick", "agents=[ppo,greedy]", "user_params.patience=5",
+                          "user_params.drift_rate=0.2", "catalog.path=items.csv", "device=cpu"])
+    assert config.name == "quick" and config.ppo.total_steps == 5000 and config.agents == ["ppo", "greedy"]
+    assert config.user_params == {"patience": 5, "drift_rate": 0.2}
+    assert config.catalog.path == "items.csv" and config.device == "cpu"
+    assert config.ranker.lr == 3e-3 and isinstance(load_config(["ranker.lr=1"]).ranker.lr, float)
+    assert "eval.curve_every" in valid_keys() and "ppo.n_steps" in valid_keys()
+
+
+def test_mean_ci_and_paired_difference_match_scipy():
+    from scipy import stats
+
+    values = [1.0, 2.0, 4.0]
+    mean, half = report.mean_ci(values)
+    low, high = stats.t.interval(0.95, 2, loc=np.mean(values), scale=stats.sem(values))
+    assert mean == pytest.approx(7 / 3) and mean - half == pytest.approx(low) and mean + half == pytest.approx(high)
+    assert np.isnan(report.mean_ci([3.0])[1])
+    a, b = [10.0, 12.0, 11.0, 13.0], [9.0, 11.5, 9.0, 12.0]
+    c = report.paired_difference(a, b)
+    assert c["diff"] == pytest.approx(1.125) and c["wins"] == 4 and c["n"] == 4
+    assert c["p_value"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
+    assert c["ci_low"] > 0  # every seed won by a margin: the interval excludes 0
