@@ -417,10 +417,40 @@ class Scorer(nn.Module):
 
     # -- the network ------------------------------------------------------------------
 
-    def encode_user(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """User state from the history: ``(B, hidden_dim)`` float32 (for critics)."""
+    def _item_representations(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Item-tower outputs for the history ``(B, H, h)`` and the candidates ``(B, K, h)``.
+
+        In ``ids`` mode, when the batch looks up more rows than the catalog has, the
+        tower runs once per catalog item and the rows are gathered: the tower is a
+        per-item function, so this is the same result for a fraction of the work
+        (a PPO minibatch of 512 users x 30 items vs a 600-item catalog: 25x less).
+        """
+        history, candidates = obs["history_items"], obs["candidate_items"]
+        ids_mode = not history.is_floating_point() and not candidates.is_floating_point()
+        if ids_mode and self.item_table is not None and (
+            history.numel() + candidates.numel() > self.item_table.shape[0]
+        ):
+            for key, value in (("history_items", history), ("candidate_items", candidates)):
+                if value.ndim != 2:
+                    raise ValueError(
+                        f"obs[{key!r}] in ids mode must have 2 dims (batched item rows); "
+                        f"got shape {tuple(value.shape)}"
+                    )
+            table = self.item_tower(self.item_table)
+            return table[history.long()], table[candidates.long()]
+        return (
+            self.item_tower(self._vectors(obs, "history_items", 2)),
+            self.item_tower(self._vectors(obs, "candidate_items", 2)),
+        )
+
+    def encode_user(self, obs: dict[str, torch.Tensor], history: torch.Tensor | None = None) -> torch.Tensor:
+        """User state from the history: ``(B, hidden_dim)`` float32 (for critics).
+
+        ``history``: precomputed item-tower outputs of the history ``(B, H, h)``.
+        """
         self._check(obs)
-        history = self.item_tower(self._vectors(obs, "history_items", 2))
+        if history is None:
+            history = self.item_tower(self._vectors(obs, "history_items", 2))
         feedback = obs["history_feedback"].float()
         mask = obs["history_mask"].float()
         if feedback.shape != (*history.shape[:2], 2) or mask.shape != history.shape[:2]:
@@ -445,34 +475,34 @@ class Scorer(nn.Module):
                 )
         return self.user_encoder(history, feedback, mask, time_left, features)
 
-    def _pair_features(
-        self, obs: dict[str, torch.Tensor], user: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """``(B, K, 3h or 4h)``: [user, item, user * item (, history match)] per candidate."""
-        if user is None:
-            user = self.encode_user(obs)
-        candidates = self._vectors(obs, "candidate_items", 2)
-        items = self.item_tower(candidates)
-        user = user.unsqueeze(1).expand_as(items)
-        parts = [user, items, user * items]
+    def _pair_features(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-candidate features ``(B, K, 3h or 4h)``: [user, item, user * item
+        (, history match)], and the user state ``(B, h)``."""
+        self._check(obs)
+        history_repr, items = self._item_representations(obs)
+        user = self.encode_user(obs, history_repr)
+        expanded = user.unsqueeze(1).expand_as(items)
+        parts = [expanded, items, expanded * items]
         if self.history_match is not None:
-            history = self._vectors(obs, "history_items", 2)
             parts.append(self.history_match(
-                candidates, history, obs["history_feedback"].float(), obs["history_mask"].float()
+                self._vectors(obs, "candidate_items", 2),
+                self._vectors(obs, "history_items", 2),
+                obs["history_feedback"].float(),
+                obs["history_mask"].float(),
             ))
-        return torch.cat(parts, dim=-1)
+        return torch.cat(parts, dim=-1), user
 
     def score_with_state(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Click logits ``(B, K)`` and the user state ``(B, hidden_dim)`` from one pass.
 
         Actor-critic policies need both; this encodes the history once.
         """
-        user = self.encode_user(obs)
-        return self.click_head(self._pair_features(obs, user)).squeeze(-1), user
+        pair, user = self._pair_features(obs)
+        return self.click_head(pair).squeeze(-1), user
 
     def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Click logits ``(B, K)`` float32, one per candidate (PPO logits / DQN values)."""
-        return self.click_head(self._pair_features(obs)).squeeze(-1)
+        return self.click_head(self._pair_features(obs)[0]).squeeze(-1)
 
     def predict(self, obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Both heads at once.
@@ -482,7 +512,7 @@ class Scorer(nn.Module):
             ``"engagement": (B, K)`` float32 minutes predicted given a click
             (softplus, so never negative).
         """
-        pair = self._pair_features(obs)
+        pair, _ = self._pair_features(obs)
         out = {"click_logit": self.click_head(pair).squeeze(-1)}
         if self.engagement_head is not None:
             out["engagement"] = F.softplus(self.engagement_head(pair).squeeze(-1))
