@@ -21,6 +21,16 @@ IDS = sorted(envs.ENV_IDS)
 MODES = ("embeddings", "ids")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Small batched steps on one thread: on a shared 2-core machine, torch's thread
+    hand-offs stall behind other processes and cost more than the arithmetic."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("env_id", IDS)
 def test_every_registered_id_passes_the_gymnasium_and_sb3_env_checkers(env_id, mode):
