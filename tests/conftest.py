@@ -15,3 +15,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 _SESSION_CACHE = tempfile.mkdtemp(prefix="recsim_mm_test_cache_")
 os.environ["RECSIM_MM_CACHE"] = _SESSION_CACHE
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """One torch thread per test: on a 2-core CI box, 2 threads next to any other load
+    oversubscribe the cores and small ops stall (measured ~10x slower); results do not
+    depend on the thread count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

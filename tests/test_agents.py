@@ -25,15 +25,6 @@ def space():
     return default_item_space(num_items=300)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # 2-core CI box: one torch thread avoids oversubscription with SB3's numpy work.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def held_out_return(policy, space, seed=777, users=128) -> float:
     env = RecVectorEnv(users, item_space=space, obs_mode="ids", device="cpu")
     return evaluate_policy(policy, env, seed=seed, item_table=space.fused).summary()["episode_return"]

@@ -21,14 +21,6 @@ IDS = sorted(envs.ENV_IDS)
 MODES = ("embeddings", "ids")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small batched steps on one thread: on a shared 2-core machine, torch's thread
-    hand-offs stall behind other processes and cost more than the arithmetic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("mode", MODES)

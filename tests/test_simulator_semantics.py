@@ -21,14 +21,6 @@ from recsim_mm.users import MyopicUser
 USERS = 500
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small batched steps on one thread: on a shared 2-core machine, torch's thread
-    hand-offs stall behind other processes and cost more than the arithmetic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 HELD_OUT_SEED = 90_210
 
 
