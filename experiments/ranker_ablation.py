@@ -39,6 +39,8 @@ LOGGING_POLICIES = {
     "uniform": lambda: UniformPolicy(),
 }
 MODALITIES = ("fused", "text", "image")
+#: Session-step bands for AUC: how much history the ranker had (cold start first).
+STEP_BANDS = ((0, 1), (1, 3), (3, 10), (10, 101))
 
 
 def collect_with_modality_weights(space, policy, num_users: int, seed: int, parallel: int = 500):
@@ -99,6 +101,9 @@ def main() -> None:
         metrics = evaluate_ranker(fit.ranker, test_log, k=5)
         logits = fit.ranker.score_log(test_log).numpy()[:, 0]
         labels = test_log.clicks[:, 0]
+        for lo, hi in STEP_BANDS:
+            band = (test_log.step >= lo) & (test_log.step < hi)
+            metrics[f"auc steps {lo}-{hi - 1}"] = auc(logits[band], labels[band])
         for name, band in (("a<1/3 (image-leaning)", test_weight < 1 / 3),
                            ("1/3<=a<=2/3", (test_weight >= 1 / 3) & (test_weight <= 2 / 3)),
                            ("a>2/3 (text-leaning)", test_weight > 2 / 3)):
@@ -115,9 +120,22 @@ def main() -> None:
     for modality, m in results.items():
         print(f"| {modality} | " + " | ".join(f"{m[k]:.4f}" for k in keys)
               + f" | {m['best_epoch']} | {m['seconds']:.0f} |")
+    step_keys = [f"auc steps {lo}-{hi - 1}" for lo, hi in STEP_BANDS]
+    truth = np.take_along_axis(test_log.true_affinity, test_log.shown, axis=1)[:, 0]
+    oracle = {}
+    for (lo, hi), key in zip(STEP_BANDS, step_keys, strict=True):
+        band = (test_log.step >= lo) & (test_log.step < hi)
+        oracle[key] = auc(truth[band], test_log.clicks[band, 0])
+    print("\nAUC by session step (history available); 'true affinity' ranks by the hidden truth:")
+    print("| ranker | " + " | ".join(step_keys) + " |")
+    print("|---" * (len(step_keys) + 1) + "|")
+    for modality, m in results.items():
+        print(f"| {modality} | " + " | ".join(f"{m[k]:.4f}" for k in step_keys) + " |")
+    print("| true affinity (privileged) | " + " | ".join(f"{oracle[k]:.4f}" for k in step_keys) + " |")
     band_sizes = [int(b.sum()) for b in (test_weight < 1 / 3, (test_weight >= 1 / 3) & (test_weight <= 2 / 3),
                                           test_weight > 2 / 3)]
-    print(f"records per band: {band_sizes}")
+    print(f"records per modality band: {band_sizes}; per step band: "
+          f"{[int(((test_log.step >= lo) & (test_log.step < hi)).sum()) for lo, hi in STEP_BANDS]}")
 
     env = gymnasium.make_vec("recsim_mm/InterestEvolution-v0", num_envs=args.eval_users,
                              vectorization_mode="vector_entry_point", item_space=space, device="cpu")

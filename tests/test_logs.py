@@ -15,6 +15,7 @@ from recsim_mm.logs import (
     PopularityPolicy,
     ProductionPolicy,
     UniformPolicy,
+    collect,
 )
 
 SPACE = ItemSpace.random(40, d_text=4, d_image=4, seed=1)
@@ -154,3 +155,39 @@ def test_logged_propensity_matches_empirical_slate_frequency(policy, slate_size)
         assert abs(((key == k) / propensity).mean().item() - 1.0) < 0.1
     if isinstance(policy, UniformPolicy):
         assert torch.allclose(propensity, torch.full((n,), 1.0 / num_slates, dtype=torch.float64))
+
+
+def small_simulator(obs_mode: str = "ids", slate_size: int = 1):
+    from recsim_mm.simulator import Simulator
+    from recsim_mm.users import InterestEvolutionUser
+
+    users = InterestEvolutionUser(SPACE, num_users=16)
+    return Simulator(SPACE, users, num_candidates=6, history_length=4, slate_size=slate_size,
+                     obs_mode=obs_mode, max_steps=12)
+
+
+@pytest.mark.parametrize("slate_size", [1, 3])
+def test_collect_logs_every_step_of_every_user_reproducibly(slate_size, tmp_path):
+    policy = EpsilonMixture(ProductionPolicy(), 0.3)
+    log = InteractionLog.load(_saved(collect(small_simulator(slate_size=slate_size), policy, 40, 12, seed=4), tmp_path), SPACE)
+    again = collect(small_simulator(slate_size=slate_size), policy, 40, 12, seed=4)
+    assert len(np.unique(log.user_id)) == 40 and log.slate_size == slate_size
+    np.testing.assert_array_equal(log.clicked_slot, again.clicked_slot)
+    np.testing.assert_array_equal(log.propensity, again.propensity)
+    # Steps of each user are consecutive from 0, and the history grows with them.
+    for user in np.unique(log.user_id)[:5]:
+        steps = log.step[log.user_id == user]
+        assert steps.tolist() == list(range(len(steps)))
+        assert log.history_mask[log.user_id == user].sum(1).tolist() == [min(s, 4) for s in steps]
+    assert log.true_affinity is not None and (log.propensity > 0).all()
+
+
+def _saved(log: InteractionLog, tmp_path) -> str:
+    path = tmp_path / "collected.parquet"
+    log.save(path)
+    return str(path)
+
+
+def test_collect_refuses_an_embeddings_mode_simulator():
+    with pytest.raises(ValueError, match="obs_mode='ids'"):
+        collect(small_simulator("embeddings"), UniformPolicy(), 4, 2)
