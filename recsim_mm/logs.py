@@ -57,6 +57,7 @@ REQUIRED_COLUMNS = (
     "propensity",
 )
 OPTIONAL_COLUMNS = ("time_left", "true_affinity")
+NESTED_NUMBER_COLUMNS = ("history_clicked", "history_engagement", "shown_positions", "true_affinity")
 
 
 @dataclass(frozen=True)
@@ -380,14 +381,21 @@ class InteractionLog:
         m = len(columns.get("user_id", []))
         if m == 0:
             raise ValueError(f"{source}: the log is empty (0 records); nothing to train or evaluate on")
-        for name in REQUIRED_COLUMNS:
+        for name in REQUIRED_COLUMNS + OPTIONAL_COLUMNS:
             if name not in columns:
+                if name in OPTIONAL_COLUMNS:
+                    continue
                 raise ValueError(f"{source}: missing column {name!r}")
+            if columns[name] is None and name in OPTIONAL_COLUMNS:
+                continue
             if len(columns[name]) != m:
                 raise ValueError(f"{source}: column {name!r} has {len(columns[name])} entries, user_id has {m}")
             if any(v is None for v in columns[name]):
                 record = next(i for i, v in enumerate(columns[name]) if v is None)
                 raise ValueError(f"{source}: column {name!r} is null in record {record}")
+            if name in NESTED_NUMBER_COLUMNS and any(x is None for v in columns[name] for x in v):
+                record = next(i for i, v in enumerate(columns[name]) if any(x is None for x in v))
+                raise ValueError(f"{source}: column {name!r} has a null entry in record {record}")
         lookup = item_space._lookup()
 
         def fixed_width(column: str) -> int:

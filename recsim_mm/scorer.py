@@ -18,15 +18,17 @@ Architecture, for a batch of ``B`` users, history length ``H``, ``K`` candidates
   queries attend over the tokens (``user_encoder="attention"``) or a GRU reads them
   oldest to newest (``user_encoder="gru"``). Time left and optional observable user
   features join the summary. Output: the user state ``(B, hidden_dim)``.
-* **Heads**: an MLP over ``[user, item, user * item]`` per candidate gives the click
-  logit, and optionally a second one the engagement (minutes) given a click. Every
-  candidate is scored independently of the others, so the scores are
+* **History match** (`HistoryMatch`, optional): each candidate's per-modality cosine
+  to the user's clicked, skipped and engaged past items.
+* **Heads**: an MLP over ``[user, item, user * item, history match]`` per candidate
+  gives the click logit, and optionally a second one the engagement (minutes) given a
+  click. Every candidate is scored independently of the others, so the scores are
   permutation-equivariant over candidates.
 
-Observations follow the contract in ``docs``/the simulator: ``embeddings`` mode passes
-item vectors, ``ids`` mode passes item rows and the scorer gathers the vectors from a
-frozen item table it holds as a (non-persistent) buffer, so a checkpoint trained in one
-mode loads in the other.
+Observations are the environments' (see `recsim_mm.simulator` and docs/environments.md):
+``embeddings`` mode passes item vectors, ``ids`` mode passes item rows and the scorer
+gathers the vectors from a frozen item table it holds as a (non-persistent) buffer, so
+a checkpoint trained in one mode loads in the other.
 """
 
 from __future__ import annotations

@@ -191,3 +191,14 @@ def _saved(log: InteractionLog, tmp_path) -> str:
 def test_collect_refuses_an_embeddings_mode_simulator():
     with pytest.raises(ValueError, match="obs_mode='ids'"):
         collect(small_simulator("embeddings"), UniformPolicy(), 4, 2)
+
+
+def test_null_values_are_named(tmp_path):
+    cols = records()
+    cols["time_left"][5] = None
+    with pytest.raises(ValueError, match="column 'time_left' is null in record 5"):
+        InteractionLog.load(_write(tmp_path, cols), SPACE)
+    cols = records()
+    cols["history_engagement"][3][1] = None
+    with pytest.raises(ValueError, match="column 'history_engagement' has a null entry in record 3"):
+        InteractionLog.from_records(cols, SPACE)

@@ -188,3 +188,26 @@ def test_reward_model_replaces_the_simulator_reward(trained, space):
     assert (reward > 0).all()
     # The learned reward is not the simulator's: engagement of non-clicks is 0 there.
     assert not np.allclose(reward, info["engagement"])
+
+
+def test_metrics_agree_with_scikit_learn():
+    from sklearn.metrics import log_loss as sk_log_loss
+    from sklearn.metrics import ndcg_score, roc_auc_score
+
+    from recsim_mm.metrics import auc, log_loss, ndcg_at_k, recall_at_k
+
+    rng = np.random.default_rng(0)
+    scores = np.round(rng.normal(size=500), 1)  # rounded: ties must count one half
+    labels = (rng.random(500) < 1 / (1 + np.exp(-scores))).astype(float)
+    assert auc(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert log_loss(scores, labels) == pytest.approx(sk_log_loss(labels, 1 / (1 + np.exp(-scores))), abs=1e-9)
+    relevance = rng.random((40, 10))
+    ranking = rng.normal(size=(40, 10))
+    assert ndcg_at_k(ranking, relevance, 5) == pytest.approx(ndcg_score(relevance, ranking, k=5), abs=1e-9)
+    relevant = np.zeros((1, 4))
+    relevant[0, [0, 3]] = 1.0
+    assert recall_at_k(np.array([[0.9, 0.8, 0.1, 0.2]]), relevant, 2) == 0.5
+    with pytest.raises(ValueError, match="both clicks and non-clicks"):
+        auc([0.1, 0.2], [1, 1])
+    with pytest.raises(ValueError, match="labels must be 0 or 1"):
+        log_loss([0.1, 0.2], [1, 2])
