@@ -38,12 +38,10 @@ from pathlib import Path
 from typing import Any
 
 # `python experiments/run.py` puts experiments/ first on sys.path; the repository root
-# makes `experiments.*` importable, and the working directory makes the user's own
-# modules (``user_model=my_users:MyUser``) importable, as with ``python -m``.
+# makes `experiments.*` importable. (`main` adds the working directory, for users' modules.)
 ROOT = Path(__file__).resolve().parent.parent
-for _path in (str(ROOT), os.getcwd()):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 import gymnasium  # noqa: E402
 import numpy as np  # noqa: E402
@@ -464,6 +462,8 @@ def main(argv: list[str] | None = None) -> Path:
     t0 = time.perf_counter()
 
     # ---- 0. configuration and input checks ---------------------------------------------------
+    if os.getcwd() not in sys.path:  # users' own modules (user_model=my_users:MyUser), as with -m
+        sys.path.insert(0, os.getcwd())
     config = load_config(argv or [])
     if config.threads > 0:
         torch.set_num_threads(config.threads)
