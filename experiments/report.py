@@ -167,6 +167,44 @@ def reading(
     return "\n".join(out)
 
 
+def summary_markdown(
+    title: str,
+    setting: str,
+    metrics: dict[str, dict[int, dict[str, float]]],
+    metric_names: Sequence[str],
+    comparisons: dict[str, dict[str, float]],
+    offline: dict[str, dict[int, dict[str, float]]],
+    ndcg_k: int,
+    env_id: str,
+    run_dir: Path,
+) -> str:
+    """The text of ``summary.md``: setting, comparison table, paired comparison with the
+    greedy ranker, the ranker's offline metrics, a short reading and the file list."""
+    out = [f"# {title}", "", setting, "",
+           "## Comparison on held-out users", "",
+           "Mean over seeds ± half-width of the 95% Student-t confidence interval. "
+           "`oracle` is privileged (reads true affinities).", "",
+           comparison_table(metrics, metric_names), ""]
+    if comparisons:
+        out += ["## Paired comparison with the greedy ranker", "",
+                "Per seed, both strategies served the same held-out users; the difference "
+                "of episode returns is averaged over seeds.", "",
+                paired_table(comparisons, "episode_return"), ""]
+    if offline:
+        out += [f"## Ranker, offline (held-out logged users; NDCG/Recall@{ndcg_k} against true affinities)",
+                "", ranker_table(offline), ""]
+    out += ["## Reading", "", reading(metrics, comparisons, offline, env_id), "",
+            "## Files", "",
+            "- `metrics.csv` (strategy, seed, metric, value), `ranker_metrics.csv`, "
+            "`paired_comparison.csv`, `learning_curves.csv`",
+            "- `plots/`: `metrics.png` (bars with 95% CIs), `learning_curves.png` (with the greedy "
+            "level), `interest_trajectory.png` (one held-out user, greedy vs RL)",
+            f"- `tensorboard/`: `tensorboard --logdir {run_dir / 'tensorboard'}`",
+            "- `checkpoints/`, `config.yaml` (re-run with `python experiments/run.py "
+            f"preset={run_dir / 'config.yaml'}`), `stages.json` (which stages ran or were reused)", ""]
+    return "\n".join(out)
+
+
 # -- plots -----------------------------------------------------------------------------------
 
 

@@ -754,41 +754,15 @@ def main(argv: list[str] | None = None) -> Path:
 
     wall = time.perf_counter() - t0
     write_json(run_dir / "stages.json", progress.records)
-    summary = [
-        f"# {config.name}: supervised ranker vs RL on `{config.env.id}`",
-        "",
-        f"User model: `{env_options['user_model']}`{' ' + str(config.user_params) if config.user_params else ''}; "
-        f"catalog: {item_space.num_items} items ({config.catalog.path or 'synthetic'}); "
-        f"seeds {seeds}; {config.eval.num_users} held-out users per seed (env seed "
-        f"{config.eval.seed_offset} + seed, never used in training); device {device}; "
-        f"wall time {wall / 60:.1f} min.",
-        "",
-        "## Comparison on held-out users",
-        "",
-        "Mean over seeds ± half-width of the 95% Student-t confidence interval. "
-        "`oracle` is privileged (reads true affinities).",
-        "",
-        report.comparison_table(metrics, metric_names),
-        "",
-    ]
-    if comparisons:
-        summary += ["## Paired comparison with the greedy ranker", "",
-                    "Per seed, both strategies served the same held-out users; the difference "
-                    "of episode returns is averaged over seeds.", "",
-                    report.paired_table(comparisons, "episode_return"), ""]
-    if offline:
-        summary += [f"## Ranker, offline (held-out logged users; NDCG/Recall@{config.ranker.ndcg_k} "
-                    "against true affinities)", "", report.ranker_table(offline), ""]
-    summary += ["## Reading", "", report.reading(metrics, comparisons, offline, config.env.id), "",
-                "## Files", "",
-                "- `metrics.csv` (strategy, seed, metric, value), `ranker_metrics.csv`, "
-                "`paired_comparison.csv`, `learning_curves.csv`",
-                "- `plots/`: `metrics.png` (bars with 95% CIs), `learning_curves.png` (with the greedy "
-                "level), `interest_trajectory.png` (one held-out user, greedy vs RL)",
-                f"- `tensorboard/`: `tensorboard --logdir {tensorboard}`",
-                "- `checkpoints/`, `config.yaml` (re-run with `python experiments/run.py "
-                f"preset={run_dir / 'config.yaml'}`), `stages.json` (which stages ran or were reused)", ""]
-    (run_dir / "summary.md").write_text("\n".join(summary))
+    user_model = f"`{env_options['user_model']}`" + (f" {config.user_params}" if config.user_params else "")
+    setting = (f"User model: {user_model}; catalog: {item_space.num_items} items "
+               f"({config.catalog.path or 'synthetic'}); seeds {seeds}; {config.eval.num_users} held-out "
+               f"users per seed (env seed {config.eval.seed_offset} + seed, never used in training); "
+               f"device {device}; wall time {wall / 60:.1f} min.")
+    summary = report.summary_markdown(f"{config.name}: supervised ranker vs RL on `{config.env.id}`", setting,
+                                      metrics, metric_names, comparisons, offline, config.ranker.ndcg_k,
+                                      config.env.id, run_dir)
+    (run_dir / "summary.md").write_text(summary)
     computed = sum(r["status"] != "cached" for r in progress.records)
     print(f"done in {wall / 60:.1f} min ({computed} stage units computed, "
           f"{len(progress.records) - computed} reused); results: {run_dir}", flush=True)

@@ -193,6 +193,51 @@ def test_custom_user_model_from_the_docs_by_dotted_path(tmp_path, monkeypatch):
     assert not list((tmp_path / "results2" / ".cache").glob("ranker-*"))
 
 
+def write_catalog(folder: Path, per_topic: int = 10) -> Path:
+    """A user's CSV catalog: 4 topics x ``per_topic`` items, each with a text and a PNG."""
+    from PIL import Image, ImageDraw
+
+    topics = {"jazz": ((30, 30, 120), "saxophone trio swing improvisation"),
+              "football": ((30, 140, 40), "goal striker match league"),
+              "cooking": ((200, 120, 30), "recipe pasta sauce oven"),
+              "space": ((10, 10, 30), "rocket orbit planet telescope")}
+    (folder / "images").mkdir(parents=True)
+    lines = ["item_id,title,description,image_path,quality,duration,topic"]
+    for t, (name, (color, words)) in enumerate(topics.items()):
+        for i in range(per_topic):
+            image = Image.new("RGB", (64, 64), color)
+            ImageDraw.Draw(image).ellipse((4 * i % 40, 8, 4 * i % 40 + 20, 28 + i), fill=(255, 255 - 20 * t, 9 * i))
+            image.save(folder / "images" / f"{name}{i}.png")
+            lines.append(f"{name}{i},{name.title()} {i},{words} episode {i},images/{name}{i}.png,"
+                         f"{0.3 + 0.05 * i:.2f},{2 + i % 5},{name}")
+    (folder / "items.csv").write_text("\n".join(lines) + "\n")
+    return folder / "items.csv"
+
+
+def test_user_catalog_on_a_slate_environment_without_rl(tmp_path):
+    items = write_catalog(tmp_path / "shop")
+    run_dir = main([*TINY, "seeds=[0]", f"catalog.path={items}", "encoders.d_text=8", "encoders.d_image=8",
+                    "env.id=recsim_mm/SatiationSlate-v0", "env.num_candidates=10", "agents=[random,popular,greedy]",
+                    f"results_dir={tmp_path / 'results'}"])
+    assert f"catalog: 40 items ({items})" in (run_dir / "summary.md").read_text()
+    rows = read_metrics(run_dir)
+    assert {r["strategy"] for r in rows} == {"random", "popular", "greedy"}
+    diversity = {r["strategy"]: float(r["value"]) for r in rows if r["metric"] == "intra_list_diversity"}
+    assert set(diversity) == {"random", "popular", "greedy"} and all(0 < v <= 2 for v in diversity.values())
+    assert not list((run_dir / "checkpoints").glob("ppo*"))
+    # RL agents act on one item per step: asking for them on a slate env is an error before training.
+    with pytest.raises(ConfigError, match=r"config key 'agents': \['ppo'\] recommend one item per step"):
+        main([*TINY, "env.id=recsim_mm/SatiationSlate-v0", "agents=[greedy,ppo]",
+              f"results_dir={tmp_path / 'results'}"])
+
+
+def test_every_config_key_is_documented():
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    missing = [k for k in valid_keys() if f"`{k}`" not in text
+               and f"`{k.replace('dqn.', 'ppo.')}` / `{k}`" not in text]
+    assert not missing, f"docs/configuration.md does not document {missing}"
+
+
 # -- bad input: stopped before any training, earlier results untouched -------------------------
 
 
