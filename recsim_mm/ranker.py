@@ -412,11 +412,12 @@ def _fit(
             loss = click_loss
             eng_loss = torch.zeros((), device=device)
             if use_engagement:
-                hit = labels[idx] > 0
-                if hit.any():
-                    err = out["engagement"][hit] - engagement[idx][hit]
-                    eng_loss = (err * err).mean() / engagement_var
-                    loss = loss + config.engagement_weight * eng_loss
+                # Masked mean over clicked slots, without a data-dependent branch (no
+                # host sync per batch on CUDA).
+                hit = labels[idx]
+                err = (out["engagement"] - engagement[idx]) * hit
+                eng_loss = (err * err).sum() / hit.sum().clamp_min(1.0) / engagement_var
+                loss = loss + config.engagement_weight * eng_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip > 0:
