@@ -125,9 +125,11 @@ class Stage:
 
     @property
     def done(self) -> bool:
+        """Whether the stage finished (its ``done.json`` exists)."""
         return (self.dir / "done.json").is_file()
 
     def start(self) -> Path:
+        """Create the stage folder (kept as is if an interrupted run left it) and return it."""
         self.dir.mkdir(parents=True, exist_ok=True)
         return self.dir
 
@@ -136,6 +138,7 @@ class Stage:
         write_json(self.dir / "done.json", {"depends_on": self.parts, **info})
 
     def info(self) -> dict:
+        """What `finish` recorded: ``depends_on`` and the stage's own results."""
         return json.loads((self.dir / "done.json").read_text())
 
 
@@ -155,15 +158,18 @@ class Progress:
         self.records: list[dict] = []  # one per stage unit: what ran, what was reused
 
     def stage(self, number: int, title: str, detail: str = "") -> None:
+        """Print ``[number/6] title: detail (elapsed ...)``."""
         elapsed = time.perf_counter() - self.started
         print(f"[{number}/{NUM_STAGES}] {title}{': ' + detail if detail else ''}  (elapsed {elapsed:.0f} s)",
               flush=True)
 
     def bar(self, total: int, desc: str, unit: str) -> tqdm:
+        """A progress bar over ``total`` units (rate and time left; silent with ``progress=false``)."""
         return tqdm(total=total, desc=desc, unit=unit, disable=not self.enabled, file=sys.stderr,
                     dynamic_ncols=True, unit_scale=unit == "step", smoothing=0.1)
 
     def record(self, stage: Stage, status: str, seconds: float = 0.0, **extra: Any) -> None:
+        """Note one stage unit (``computed``, ``cached`` or ``resumed from step N``) for stages.json."""
         self.records.append({"stage": stage.name, "key": stage.key, "dir": str(stage.dir),
                              "status": status, "seconds": round(seconds, 2), **extra})
 

