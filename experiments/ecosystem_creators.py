@@ -49,20 +49,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--items", type=int, default=600, help="catalog size (default_item_space)")
     parser.add_argument("--max-move", type=float, default=0.1)
     parser.add_argument("--reward", choices=creators.CREATOR_REWARDS, default="exposure")
-    parser.add_argument("--eval-seeds", type=int, default=5)
+    parser.add_argument("--eval-seeds", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "ecosystem_creators")
     return parser.parse_args(argv)
 
 
-def summarise(histories: list) -> dict[str, dict[str, float]]:
-    """Episode mean and last-10-step mean (over evaluation seeds) of each metric."""
+def summarise(histories: list) -> dict[str, dict]:
+    """Episode mean, last-10-step mean (over evaluation seeds) and each seed's last-10 mean of each metric."""
     out = {}
     for key in METRICS:
         series = np.stack([h.array(key) for h in histories])  # (seeds, T)
         out[key] = {
             "episode_mean": float(series.mean()),
             "last10_mean": float(series[:, -10:].mean()),
+            "last10_per_seed": [round(float(v), 4) for v in series[:, -10:].mean(1)],
         }
     return out
 
@@ -118,12 +119,17 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         f"trained {args.steps} agent-steps in {train_s:.0f} s; evaluation over {len(eval_seeds)} seeds"
     )
-    print(f"{'metric':15s} {'fixed':>8s} {'learning':>9s}   (episode mean; last 10 steps)")
+    print(
+        f"{'metric':15s} {'fixed':>8s} {'learning':>9s}   last 10 steps: fixed vs learning; seeds where learning is higher"
+    )
     for key in METRICS:
         f, learn = summary["fixed"][key], summary["learning"][key]
+        higher = sum(
+            b > a for a, b in zip(f["last10_per_seed"], learn["last10_per_seed"], strict=True)
+        )
         print(
             f"{key:15s} {f['episode_mean']:8.3f} {learn['episode_mean']:9.3f}   "
-            f"({f['last10_mean']:.3f} vs {learn['last10_mean']:.3f})"
+            f"{f['last10_mean']:.3f} vs {learn['last10_mean']:.3f}; {higher}/{len(f['last10_per_seed'])}"
         )
     print(f"figure: {args.out / 'creators.png'}")
     return summary

@@ -1,6 +1,6 @@
 """Competing platforms: who wins the users? Greedy vs random, and PPO platforms trained briefly.
 
-    python experiments/ecosystem_platforms.py [--steps 6000] [--out results/ecosystem_platforms]
+    python experiments/ecosystem_platforms.py [--steps 5000] [--out results/ecosystem_platforms]
 
 1. Greedy vs random: platform_0 recommends the candidate of highest true affinity
    (privileged oracle), platform_1 at random. No training.
@@ -50,13 +50,13 @@ from recsim_mm.scorer import ScorerConfig  # noqa: E402
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (see ``--help``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=6000, help="PPO env steps per learner")
-    parser.add_argument("--users", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=5000, help="PPO env steps per learner")
+    parser.add_argument("--users", type=int, default=8)
     parser.add_argument("--candidates", type=int, default=10)
     parser.add_argument("--episode", type=int, default=50, help="steps per episode")
     parser.add_argument("--items", type=int, default=600, help="catalog size (default_item_space)")
     parser.add_argument("--user-model", default="interest_evolution")
-    parser.add_argument("--eval-seeds", type=int, default=5)
+    parser.add_argument("--eval-seeds", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--skip-shared", action="store_true", help="skip the SuperSuit self-play run"
