@@ -178,13 +178,13 @@ class RankerSection:
 
 
 @dataclass
-class PPOSection:
-    """PPO budget and knobs (defaults from `agents.train.AgentConfig`).
+class AgentSection:
+    """What every RL agent section shares (defaults from `agents.train.AgentConfig`).
 
     Attributes:
         total_steps: environment steps per training run (summed over users).
-        warm_start: train a PPO agent initialised from the ranker ("ppo-warm").
-        cold_start: train one from random weights ("ppo-cold").
+        warm_start: train an agent initialised from the ranker ("ppo-warm", "dqn-warm").
+        cold_start: train one from random weights ("ppo-cold", "dqn-cold").
         reward: ``"simulator"`` (the env's reward) or ``"ranker"`` (the ranker's
             predicted engagement as a learned reward; evaluation still uses the
             simulator's).
@@ -199,6 +199,12 @@ class PPOSection:
     warm_start: bool = True
     cold_start: bool = False
     reward: str = "simulator"
+
+
+@dataclass
+class PPOSection(AgentSection):
+    """PPO budget and knobs: `AgentSection` plus PPO's own (see `agents.train.AgentConfig`)."""
+
     n_steps: int = _AGENT.n_steps
     batch_size: int = _AGENT.batch_size
     n_epochs: int = _AGENT.n_epochs
@@ -208,17 +214,9 @@ class PPOSection:
 
 
 @dataclass
-class DQNSection:
-    """DQN budget and knobs (defaults from `agents.train.AgentConfig`; see `PPOSection`)."""
+class DQNSection(AgentSection):
+    """DQN budget and knobs: `AgentSection` plus DQN's own (see `agents.train.AgentConfig`)."""
 
-    total_steps: int = _AGENT.total_steps
-    num_envs: int = _AGENT.num_envs
-    learning_rate: float = _AGENT.learning_rate
-    gamma: float = _AGENT.gamma
-    checkpoint_every: int = _AGENT.checkpoint_every
-    warm_start: bool = True
-    cold_start: bool = False
-    reward: str = "simulator"
     buffer_size: int = _AGENT.buffer_size
     learning_starts: int = _AGENT.learning_starts
     train_freq: int = _AGENT.train_freq
