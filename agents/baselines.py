@@ -21,6 +21,7 @@ Baselines here: `RandomRecommender`, `PopularRecommender` (most clicked in the l
 
 from __future__ import annotations
 
+import abc
 from typing import Any
 
 import numpy as np
@@ -66,7 +67,7 @@ def candidate_rows(observation: dict[str, np.ndarray], item_table: torch.Tensor)
     return rows.numpy().astype(np.int64)
 
 
-class Recommender:
+class Recommender(abc.ABC):
     """Base class of the baselines: the SB3-style ``predict`` over ``scores``.
 
     Subclasses implement ``scores(observation) -> (B, K)``; ties are broken by a
@@ -84,8 +85,9 @@ class Recommender:
         self.slate_size = slate_size
         self.rng = np.random.default_rng(seed)
 
+    @abc.abstractmethod
     def scores(self, observation: dict[str, np.ndarray]) -> np.ndarray:
-        raise NotImplementedError
+        """``(B, K)`` float scores of the candidates; higher is recommended first."""
 
     def predict(self, observation, state=None, episode_start=None, deterministic: bool = True):
         """``(actions, state)``: ``(B,)`` or ``(B, S)`` int64 positions; ``state`` unchanged."""
@@ -93,10 +95,10 @@ class Recommender:
         scores = scores + 1e-9 * self.rng.random(scores.shape)
         return top_positions(scores, self.slate_size), state
 
-    def observe(self, info: dict[str, Any]) -> None:
+    def observe(self, info: dict[str, Any]) -> None:  # noqa: B027 (optional hook)
         """Receive the info that came with the next observation (no-op by default)."""
 
-    def update(self, observation, actions, reward, info) -> None:
+    def update(self, observation, actions, reward, info) -> None:  # noqa: B027 (optional hook)
         """Learn from one step's feedback (no-op by default)."""
 
 
