@@ -52,6 +52,8 @@ class AgentConfig:
         scorer: `ScorerConfig` overrides (e.g. ``{"hidden_dim": 32}``); ignored for
             the architecture when warm-starting (the ranker's architecture is used).
         n_steps, batch_size, n_epochs, gae_lambda, ent_coef, clip_range: PPO.
+        bc_epochs, bc_lr: behaviour cloning of the logged clicked recommendations
+            before RL (`behaviour_clone`; PPO only, 0 epochs = off).
         buffer_size, learning_starts, train_freq, gradient_steps,
         target_update_interval, exploration_fraction, exploration_final_eps: DQN.
     """
@@ -80,6 +82,9 @@ class AgentConfig:
     target_update_interval: int = 2_000
     exploration_fraction: float = 0.3
     exploration_final_eps: float = 0.05
+    # behaviour cloning before RL (PPO only; needs a log passed to train_agent)
+    bc_epochs: int = 0
+    bc_lr: float = 1e-3
 
     def __post_init__(self) -> None:
         if self.algo not in ALGOS:
@@ -88,6 +93,11 @@ class AgentConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"AgentConfig.{name}={value!r}; expected an int >= 1")
+        if self.bc_epochs and self.algo != "ppo":
+            raise ValueError(
+                f"AgentConfig.bc_epochs={self.bc_epochs} with algo={self.algo!r}: behaviour "
+                "cloning initialises a policy, so it is offered for PPO only"
+            )
 
     def fingerprint(self) -> str:
         """Hash of every field but ``total_steps`` (a resume may extend the budget)."""
@@ -238,6 +248,56 @@ class RecMetricsCallback(BaseCallback):
         self._reset_window()
 
 
+def behaviour_clone(scorer, log, epochs: int, lr: float = 1e-3, batch_size: int = 512,
+                    seed: int = 0) -> list[float]:
+    """Fit ``scorer`` to imitate the logged recommendations that were clicked.
+
+    For every logged record with a click, the target is the candidate position that was
+    shown and clicked; the loss is the cross-entropy of the scorer's logits over the K
+    candidates (a softmax policy imitating successful recommendations). Used before PPO
+    so that RL starts from a policy that already recommends what users took.
+
+    Args:
+        scorer: the `recsim_mm.scorer.Scorer` to train in place (must hold the item table).
+        log: a `recsim_mm.logs.InteractionLog` on the same item space.
+        epochs: passes over the clicked records.
+        lr: Adam step size.
+        batch_size: records per step.
+        seed: order of the records.
+
+    Returns:
+        Mean loss (nats) per epoch.
+
+    Raises:
+        ValueError: the log has no clicked record.
+    """
+    clicked = np.flatnonzero(log.clicked_slot >= 0)
+    if clicked.size == 0:
+        raise ValueError(f"{log.source}: behaviour cloning needs clicked records; the log has none")
+    device = next(scorer.parameters()).device
+    obs = log.observations(clicked, device=device, candidates="all")
+    target = torch.as_tensor(log.shown[clicked, log.clicked_slot[clicked]], device=device)
+    optimizer = torch.optim.Adam(scorer.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    was_training = scorer.training
+    scorer.train()
+    losses = []
+    for _ in range(epochs):
+        order = torch.randperm(clicked.size, generator=generator).to(device)
+        total = 0.0
+        for start in range(0, clicked.size, batch_size):
+            batch = order[start : start + batch_size]
+            logits = scorer({k: v[batch] for k, v in obs.items()})
+            loss = torch.nn.functional.cross_entropy(logits, target[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += float(loss) * len(batch)
+        losses.append(total / clicked.size)
+    scorer.train(was_training)
+    return losses
+
+
 # -- checkpoints -----------------------------------------------------------------------------
 
 
@@ -328,6 +388,7 @@ def train_agent(
     run_dir: str | Path,
     ranker=None,
     callbacks: list[BaseCallback] | None = None,
+    bc_log=None,
 ) -> TrainOutcome:
     """Train (or resume training) one agent; checkpoints and TensorBoard in ``run_dir``.
 
@@ -346,6 +407,8 @@ def train_agent(
         run_dir: folder for ``checkpoint.pt`` and ``tensorboard/``.
         ranker: warm-start source (see `build_agent`); None for cold start.
         callbacks: extra SB3 callbacks.
+        bc_log: an `InteractionLog` for ``config.bc_epochs`` of behaviour cloning before
+            RL (after the warm start, on a fresh run only; a resume skips it).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -354,6 +417,10 @@ def train_agent(
     venv = make_env(config, env_id, {**env_options, "item_space": item_space})
     model = build_agent(config, venv, item_space, ranker, tensorboard_dir=run_dir / "tensorboard")
     resumed_from = None
+    if config.bc_epochs and payload is None:
+        if bc_log is None:
+            raise ValueError(f"AgentConfig.bc_epochs={config.bc_epochs} needs bc_log= (an InteractionLog)")
+        behaviour_clone(model.policy.scorer, bc_log, config.bc_epochs, config.bc_lr, seed=config.seed)
     if payload is not None:
         model.policy.load_state_dict(payload["policy"])
         model.policy.optimizer.load_state_dict(payload["optimizer"])

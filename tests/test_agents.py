@@ -180,3 +180,39 @@ def test_every_baseline_runs_on_every_registered_id(space, env_id):
         result = evaluate_policy(policy, env, seed=1, item_table=space.fused)
         assert np.isfinite(result.summary()["episode_return"]), (name, env_id)
         assert (result.session_length >= 1).all()
+
+
+def test_behaviour_cloning_raises_the_likelihood_of_logged_clicked_recommendations(space, tmp_path):
+    from agents.train import behaviour_clone
+    from envs.rec_env import RecEnvOptions, build_simulator
+    from recsim_mm.logs import ProductionPolicy, collect
+
+    sim = build_simulator(RecEnvOptions(item_space=space, obs_mode="ids"), num_users=64, default_device="cpu")
+    log = collect(sim, ProductionPolicy(), num_users=128, steps=20, seed=0)
+    clicked = np.flatnonzero(log.clicked_slot >= 0)
+    obs = log.observations(clicked, candidates="all")
+    target = torch.as_tensor(log.shown[clicked, log.clicked_slot[clicked]])
+    torch.manual_seed(0)
+    scorer = Scorer(ScorerConfig(d_text=space.d_text, d_image=space.d_image, **SMALL_SCORER),
+                    item_table=space.fused)
+
+    def nll() -> float:
+        with torch.no_grad():
+            return float(torch.nn.functional.cross_entropy(scorer(obs), target))
+
+    before = nll()
+    losses = behaviour_clone(scorer, log, epochs=3, lr=3e-3)
+    assert losses[-1] < losses[0]
+    assert nll() < before - 0.05, (before, nll())
+
+    config = AgentConfig(algo="ppo", total_steps=256, num_envs=16, n_steps=16, batch_size=128,
+                         device="cpu", scorer=SMALL_SCORER, bc_epochs=1)
+    with pytest.raises(ValueError, match="bc_log"):
+        train_agent(config, ENV_ID, {"obs_mode": "ids"}, space, tmp_path)
+    outcome = train_agent(config, ENV_ID, {"obs_mode": "ids"}, space, tmp_path / "bc", bc_log=log)
+    assert outcome.num_timesteps >= 256
+
+
+def test_behaviour_cloning_is_refused_for_dqn():
+    with pytest.raises(ValueError, match="bc_epochs=2 with algo='dqn'"):
+        AgentConfig(algo="dqn", bc_epochs=2)
