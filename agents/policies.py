@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from gymnasium import spaces
-from stable_baselines3.common.distributions import CategoricalDistribution
+from stable_baselines3.common.distributions import CategoricalDistribution, Distribution
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.dqn.policies import DQNPolicy, QNetwork
@@ -78,6 +78,99 @@ def as_scorer_input(obs: dict[str, torch.Tensor], ids_mode: bool) -> dict[str, t
     return {k: (v.long() if k in ID_KEYS else v) for k, v in obs.items()}
 
 
+class PlackettLuceDistribution(Distribution):
+    """Slates of S distinct candidates, drawn without replacement from ``softmax(logits)``.
+
+    Position 0 is drawn from the softmax over all K candidates, position 1 from the
+    softmax over the remaining ones, and so on (the Plackett-Luce model), so a sampled
+    slate never repeats a candidate, as the slate environments require. Sampling uses
+    the Gumbel top-S trick, which draws from exactly this model; the mode is the top-S
+    candidates by logit.
+
+    ``log_prob(actions)`` is the exact log-probability of the ordered slate. The exact
+    entropy sums over all K!/(K-S)! slates, so ``entropy()`` returns the chain-rule
+    estimate along the slate last given to ``log_prob`` (or the mode):
+    ``sum_s H(softmax over the candidates not in slate[:s])``; with slates drawn from
+    the policy it is unbiased, which is what PPO's entropy bonus needs.
+
+    Shapes: logits ``(B, K)`` float32; actions ``(B, S)`` int64 positions.
+    """
+
+    def __init__(self, num_candidates: int, slate_size: int):
+        super().__init__()
+        if not 1 <= slate_size <= num_candidates:
+            raise ValueError(f"slate_size={slate_size} must be in [1, K={num_candidates}]")
+        self.num_candidates, self.slate_size = num_candidates, slate_size
+        self.logits: torch.Tensor | None = None
+        self._entropy: torch.Tensor | None = None
+
+    def proba_distribution_net(self, *args, **kwargs) -> nn.Module:
+        """Not used: the scorer produces the logits."""
+        return nn.Identity()
+
+    def proba_distribution(self, action_logits: torch.Tensor) -> PlackettLuceDistribution:
+        self.logits = action_logits
+        self._entropy = None
+        return self
+
+    def _chain(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probability ``(B,)`` and chain-rule entropy ``(B,)`` along ``actions``."""
+        logits = self.logits
+        taken = torch.zeros_like(logits, dtype=torch.bool)
+        log_prob = logits.new_zeros(logits.shape[0])
+        entropy = logits.new_zeros(logits.shape[0])
+        for position in range(self.slate_size):
+            chosen = actions[:, position : position + 1]
+            log_soft = torch.log_softmax(logits.masked_fill(taken, float("-inf")), dim=-1)
+            log_soft = log_soft.masked_fill(taken, 0.0)
+            log_prob = log_prob + log_soft.gather(1, chosen).squeeze(1)
+            entropy = entropy - (log_soft.exp() * log_soft).masked_fill(taken, 0.0).sum(-1)
+            taken = taken.scatter(1, chosen, True)
+        return log_prob, entropy
+
+    def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
+        log_prob, self._entropy = self._chain(actions.long().reshape(-1, self.slate_size))
+        return log_prob
+
+    def entropy(self) -> torch.Tensor:
+        if self._entropy is None:
+            self._entropy = self._chain(self.mode())[1]
+        return self._entropy
+
+    def sample(self) -> torch.Tensor:
+        uniform = torch.rand_like(self.logits).clamp_(1e-20, 1.0)
+        gumbel = self.logits - torch.log(-torch.log(uniform))
+        return gumbel.topk(self.slate_size, dim=-1).indices
+
+    def mode(self) -> torch.Tensor:
+        return self.logits.topk(self.slate_size, dim=-1).indices
+
+    def actions_from_params(self, action_logits: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        self.proba_distribution(action_logits)
+        return self.get_actions(deterministic=deterministic)
+
+    def log_prob_from_params(self, action_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        actions = self.actions_from_params(action_logits)
+        return actions, self.log_prob(actions)
+
+
+def candidate_action_distribution(action_space: spaces.Space) -> Distribution:
+    """The action distribution over candidates for ``Discrete(K)`` or a slate ``MultiDiscrete([K] * S)``.
+
+    Raises:
+        ValueError: any other action space (named).
+    """
+    if isinstance(action_space, spaces.Discrete):
+        return CategoricalDistribution(int(action_space.n))
+    if isinstance(action_space, spaces.MultiDiscrete) and action_space.nvec.ndim == 1 and len(
+        set(action_space.nvec.tolist())
+    ) == 1:
+        return PlackettLuceDistribution(int(action_space.nvec[0]), len(action_space.nvec))
+    raise ValueError(
+        f"the scorer policies act on Discrete(K) or slate MultiDiscrete([K] * S) actions; got {action_space}"
+    )
+
+
 class ScorerActorCriticPolicy(ActorCriticPolicy):
     """PPO policy: scorer logits over candidates, value head on the user state.
 
@@ -86,8 +179,12 @@ class ScorerActorCriticPolicy(ActorCriticPolicy):
         item_table: ``(N, d)`` float32, required in ``ids`` mode.
         value_hidden: width of the critic's hidden layer.
 
-    Shapes: for a batch of B observations, ``forward`` returns actions ``(B,)`` int64,
-    values ``(B, 1)`` and log-probabilities ``(B,)`` float32.
+    Actions: ``Discrete(K)`` (a categorical over the candidates) or a slate
+    ``MultiDiscrete([K] * S)`` (`PlackettLuceDistribution`: S distinct candidates drawn
+    without replacement from the same scores).
+
+    Shapes: for a batch of B observations, ``forward`` returns actions ``(B,)`` (or
+    ``(B, S)``) int64, values ``(B, 1)`` and log-probabilities ``(B,)`` float32.
     """
 
     def __init__(
@@ -102,10 +199,7 @@ class ScorerActorCriticPolicy(ActorCriticPolicy):
     ):
         if scorer_config is None:
             raise ValueError("ScorerActorCriticPolicy needs policy_kwargs['scorer_config']")
-        if not isinstance(action_space, spaces.Discrete):
-            raise ValueError(
-                f"ScorerActorCriticPolicy supports Discrete(K) actions; got {action_space}"
-            )
+        candidate_action_distribution(action_space)  # refuses other action spaces early
         self._scorer_config = dict(scorer_config)
         self._item_table = item_table
         self._value_hidden = value_hidden
@@ -120,7 +214,7 @@ class ScorerActorCriticPolicy(ActorCriticPolicy):
         self.value_net = nn.Sequential(
             nn.Linear(h, self._value_hidden), nn.Tanh(), nn.Linear(self._value_hidden, 1)
         )
-        self.action_dist = CategoricalDistribution(int(self.action_space.n))
+        self.action_dist = candidate_action_distribution(self.action_space)
         self.optimizer = self.optimizer_class(
             self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs
         )
