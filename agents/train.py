@@ -52,6 +52,8 @@ class AgentConfig:
         scorer: `ScorerConfig` overrides (e.g. ``{"hidden_dim": 32}``); ignored for
             the architecture when warm-starting (the ranker's architecture is used).
         n_steps, batch_size, n_epochs, gae_lambda, ent_coef, clip_range: PPO.
+        kl_coef: weight of ``KL(pi || ranker)`` in PPO's loss (needs a ranker and
+            ``ent_coef > 0``; see `ScorerActorCriticPolicy.set_prior`); 0 = off.
         bc_epochs, bc_lr: behaviour cloning of the logged clicked recommendations
             before RL (`behaviour_clone`; PPO only, 0 epochs = off).
         buffer_size, learning_starts, train_freq, gradient_steps,
@@ -82,6 +84,8 @@ class AgentConfig:
     target_update_interval: int = 2_000
     exploration_fraction: float = 0.3
     exploration_final_eps: float = 0.05
+    # KL penalty toward the ranker (PPO with warm start; 0 = off)
+    kl_coef: float = 0.0
     # behaviour cloning before RL (PPO only; needs a log passed to train_agent)
     bc_epochs: int = 0
     bc_lr: float = 1e-3
@@ -93,6 +97,8 @@ class AgentConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"AgentConfig.{name}={value!r}; expected an int >= 1")
+        if self.kl_coef and self.algo != "ppo":
+            raise ValueError(f"AgentConfig.kl_coef={self.kl_coef} with algo={self.algo!r}: the KL penalty is for PPO")
         if self.bc_epochs and self.algo != "ppo":
             raise ValueError(
                 f"AgentConfig.bc_epochs={self.bc_epochs} with algo={self.algo!r}: behaviour "
@@ -185,6 +191,10 @@ def build_agent(
         ranker.warm_start(model.policy.scorer)
         if config.algo == "dqn":
             model.policy.q_net_target.load_state_dict(model.policy.q_net.state_dict())
+    if config.kl_coef:
+        if ranker is None:
+            raise ValueError(f"AgentConfig.kl_coef={config.kl_coef} needs ranker= (the KL penalty's prior)")
+        model.policy.set_prior(ranker.scorer, config.kl_coef, config.ent_coef)
     if tensorboard_dir is not None:
         model.set_logger(configure(str(tensorboard_dir), ["tensorboard", "csv"]))
     return model
@@ -245,6 +255,8 @@ class RecMetricsCallback(BaseCallback):
             self.logger.record("rec/session_length", float(np.mean(self._ended)))
         if self._diversity:
             self.logger.record("rec/click_diversity", float(np.mean(self._diversity)))
+        if getattr(self.model.policy, "last_kl", None) is not None:
+            self.logger.record("train/kl_to_prior", self.model.policy.last_kl)
         self._reset_window()
 
 

@@ -253,3 +253,33 @@ def test_ppo_slate_policy_improves_over_random_slates(space, tmp_path):
     gain = agent - random
     standard_error = gain.std(ddof=1) / np.sqrt(len(gain))
     assert gain.mean() > 3 * standard_error, (gain.mean(), standard_error)
+
+
+def test_kl_penalty_keeps_ppo_closer_to_the_ranker(space, tmp_path):
+    ranker = make_ranker(space, seed=3)
+    venv_obs = make_env(AgentConfig(num_envs=256, device="cpu"), ENV_ID,
+                        {"obs_mode": "ids", "item_space": space})
+    venv_obs.seed(99)
+    obs = {k: torch.as_tensor(v) for k, v in venv_obs.reset().items()}
+    prior = torch.log_softmax(ranker.scorer(obs), -1)
+
+    def kl_after_training(kl_coef: float) -> float:
+        config = AgentConfig(algo="ppo", total_steps=4_096, num_envs=64, device="cpu",
+                             scorer=SMALL_SCORER, kl_coef=kl_coef, learning_rate=1e-3)
+        model = train_agent(config, ENV_ID, {"obs_mode": "ids"}, space, tmp_path / str(kl_coef),
+                            ranker=ranker).model
+        with torch.no_grad():
+            log_p = torch.log_softmax(model.policy.scorer(obs), -1)
+        return float((log_p.exp() * (log_p - prior)).sum(-1).mean())
+
+    free, penalised = kl_after_training(0.0), kl_after_training(2.0)
+    assert penalised < 0.5 * free, (penalised, free)
+
+
+def test_kl_penalty_needs_a_ranker_and_ppo(space):
+    with pytest.raises(ValueError, match="kl_coef=0.5 with algo='dqn'"):
+        AgentConfig(algo="dqn", kl_coef=0.5)
+    config = AgentConfig(algo="ppo", num_envs=4, device="cpu", kl_coef=0.5)
+    venv = make_env(config, ENV_ID, {"obs_mode": "ids", "item_space": space})
+    with pytest.raises(ValueError, match="needs ranker="):
+        build_agent(config, venv, space)
