@@ -28,12 +28,10 @@ from gymnasium import spaces
 from pettingzoo import ParallelEnv
 from stable_baselines3 import PPO
 from stable_baselines3.common.distributions import MultiCategoricalDistribution
-from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 from supersuit.vector.sb3_vector_wrapper import SB3VecEnvWrapper
-from torch import nn
 
-from agents.policies import _PassThrough, as_scorer_input, build_scorer, is_ids_mode
+from agents.policies import ScorerActorCriticPolicy, as_scorer_input
 from recsim_mm.ecosystem_metrics import EcosystemHistory
 
 # -- policies and episodes -----------------------------------------------------------------------
@@ -111,7 +109,7 @@ def run_episode(
 # -- the platform policy ---------------------------------------------------------------------------
 
 
-class PlatformScorerPolicy(ActorCriticPolicy):
+class PlatformScorerPolicy(ScorerActorCriticPolicy):
     """PPO policy of a platform: the shared scorer scores each of its U users' candidates.
 
     Observation: a platform's ``Dict`` (leading ``U``, see
@@ -130,18 +128,7 @@ class PlatformScorerPolicy(ActorCriticPolicy):
     values ``(n, 1)`` and log-probabilities ``(n,)`` float32.
     """
 
-    def __init__(
-        self,
-        observation_space: spaces.Dict,
-        action_space: spaces.MultiDiscrete,
-        lr_schedule,
-        scorer_config: dict | None = None,
-        item_table: torch.Tensor | None = None,
-        value_hidden: int = 64,
-        **kwargs: Any,
-    ):
-        if scorer_config is None:
-            raise ValueError("PlatformScorerPolicy needs policy_kwargs['scorer_config']")
+    def _check_spaces(self, observation_space: spaces.Space, action_space: spaces.Space) -> None:
         if (
             not isinstance(observation_space, spaces.Dict)
             or "visiting" not in observation_space.spaces
@@ -159,24 +146,12 @@ class PlatformScorerPolicy(ActorCriticPolicy):
                 f"PlatformScorerPolicy needs MultiDiscrete([K] * U) actions; got {action_space}"
             )
         self.num_users, self.num_candidates = len(nvec), int(nvec[0])
-        self._scorer_config = dict(scorer_config)
-        self._item_table = item_table
-        self._value_hidden = value_hidden
-        self.ids_mode = is_ids_mode(observation_space)
-        kwargs.setdefault("features_extractor_class", _PassThrough)
-        kwargs["ortho_init"] = False  # the scorer has its own initialisation (and warm start)
-        super().__init__(observation_space, action_space, lr_schedule, **kwargs)
 
-    def _build(self, lr_schedule) -> None:
-        self.scorer = build_scorer(self.observation_space, self._scorer_config, self._item_table)
-        h = self.scorer.config.hidden_dim
-        self.value_net = nn.Sequential(
-            nn.Linear(h + 1, self._value_hidden), nn.Tanh(), nn.Linear(self._value_hidden, 1)
-        )
-        self.action_dist = MultiCategoricalDistribution([self.num_candidates] * self.num_users)
-        self.optimizer = self.optimizer_class(
-            self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs
-        )
+    def _make_action_dist(self) -> MultiCategoricalDistribution:
+        return MultiCategoricalDistribution([self.num_candidates] * self.num_users)
+
+    def _value_input_dim(self) -> int:
+        return self.scorer.config.hidden_dim + 1  # visitors' mean user state + visiting share
 
     def _per_user(self, obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``(n, U, ...)`` platform observations -> ``(n * U, ...)`` per-user scorer input."""
@@ -197,32 +172,12 @@ class PlatformScorerPolicy(ActorCriticPolicy):
         values = self.value_net(torch.cat([platform_state, visiting.mean(1, keepdim=True)], dim=1))
         return logits.reshape(n, -1), values
 
-    def forward(self, obs, deterministic: bool = False):
-        logits, values = self._logits_and_values(obs)
-        distribution = self.action_dist.proba_distribution(action_logits=logits)
-        actions = distribution.get_actions(deterministic=deterministic)
-        return actions, values, distribution.log_prob(actions)
-
-    def evaluate_actions(self, obs, actions: torch.Tensor):
-        logits, values = self._logits_and_values(obs)
-        distribution = self.action_dist.proba_distribution(action_logits=logits)
-        return values, distribution.log_prob(actions), distribution.entropy()
-
     def get_distribution(self, obs):
         logits, _ = self._logits_and_values(obs)
         return self.action_dist.proba_distribution(action_logits=logits)
 
     def predict_values(self, obs) -> torch.Tensor:
         return self._logits_and_values(obs)[1]
-
-    def _get_constructor_parameters(self) -> dict[str, Any]:
-        data = super()._get_constructor_parameters()
-        data.update(
-            scorer_config=self._scorer_config,
-            item_table=self._item_table,
-            value_hidden=self._value_hidden,
-        )
-        return data
 
 
 # -- independent learners ------------------------------------------------------------------------------

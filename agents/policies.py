@@ -199,8 +199,8 @@ class ScorerActorCriticPolicy(ActorCriticPolicy):
         **kwargs: Any,
     ):
         if scorer_config is None:
-            raise ValueError("ScorerActorCriticPolicy needs policy_kwargs['scorer_config']")
-        candidate_action_distribution(action_space)  # refuses other action spaces early
+            raise ValueError(f"{type(self).__name__} needs policy_kwargs['scorer_config']")
+        self._check_spaces(observation_space, action_space)  # refuse bad spaces early
         self._scorer_config = dict(scorer_config)
         self._item_table = item_table
         self._value_hidden = value_hidden
@@ -209,13 +209,28 @@ class ScorerActorCriticPolicy(ActorCriticPolicy):
         kwargs["ortho_init"] = False  # the scorer has its own initialisation (and warm start)
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)
 
+    # Hooks a subclass overrides to act on other spaces over the same scorer
+    # (e.g. agents.ecosystem_training.PlatformScorerPolicy).
+
+    def _check_spaces(self, observation_space: spaces.Space, action_space: spaces.Space) -> None:
+        """Raise ``ValueError`` naming a space this policy cannot act on."""
+        candidate_action_distribution(action_space)
+
+    def _make_action_dist(self) -> Distribution:
+        """The action distribution the scorer's logits parametrise."""
+        return candidate_action_distribution(self.action_space)
+
+    def _value_input_dim(self) -> int:
+        """Width of the critic's input (the user state)."""
+        return self.scorer.config.hidden_dim
+
     def _build(self, lr_schedule) -> None:
         self.scorer = build_scorer(self.observation_space, self._scorer_config, self._item_table)
-        h = self.scorer.config.hidden_dim
         self.value_net = nn.Sequential(
-            nn.Linear(h, self._value_hidden), nn.Tanh(), nn.Linear(self._value_hidden, 1)
+            nn.Linear(self._value_input_dim(), self._value_hidden), nn.Tanh(),
+            nn.Linear(self._value_hidden, 1),
         )
-        self.action_dist = candidate_action_distribution(self.action_space)
+        self.action_dist = self._make_action_dist()
         self.optimizer = self.optimizer_class(
             self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs
         )
