@@ -15,8 +15,11 @@ observation; the evaluator (`agents.evaluation.evaluate_policy`) calls them:
   (the contextual bandit) learn from the feedback.
 
 Baselines here: `RandomRecommender`, `PopularRecommender` (most clicked in the logs),
-`OracleRecommender` (true affinity: privileged, an upper bound for myopic play) and
-`LinUCBRecommender` (a contextual bandit over the item vectors).
+`DurationRecommender` (the longest candidate: no model at all), `MMRRecommender` (a
+greedy ranker re-ranked by maximal marginal relevance), `LinUCBRecommender` (a
+contextual bandit over the item vectors) and `OracleRecommender` (true affinity alone:
+privileged, a diagnostic; it ignores quality, satiation and duration, so it is NOT the
+upper bound of myopic play: that is `agents.references.MyopicOracle`).
 """
 
 from __future__ import annotations
@@ -146,10 +149,12 @@ class PopularRecommender(Recommender):
 
 
 class OracleRecommender(Recommender):
-    """PRIVILEGED: ranks candidates by their true affinity to the user, from ``info``.
+    """PRIVILEGED diagnostic: ranks candidates by their true affinity to the user, from ``info``.
 
     It reads ``info["candidate_affinity"]`` ``(B, K)``, ground truth no real system
-    has, so it is an upper bound for myopic (one-step greedy) play, not a strategy.
+    has. Affinity alone ignores quality, satiation and item duration, so this is not
+    the best myopic play (`agents.references.MyopicOracle` is); it shows how far
+    knowing the user's taste alone goes.
     """
 
     name = "oracle"
@@ -170,6 +175,84 @@ class OracleRecommender(Recommender):
         if self._affinity is None:
             raise RuntimeError("OracleRecommender.observe(info) must run before predict()")
         return self._affinity
+
+
+class DurationRecommender(Recommender):
+    """The longest candidate(s), by item duration: no model of the user at all.
+
+    With ``reward="engagement"`` (minutes) a long item is worth more when it is
+    watched, so this shows how much of a strategy's return duration alone explains.
+
+    Args:
+        duration: ``(N,)`` item durations in minutes (``item_space.duration``).
+        item_table: ``(N, d)`` fused vectors, to find rows in ``embeddings`` mode.
+    """
+
+    name = "longest"
+
+    def __init__(self, duration, item_table: torch.Tensor, slate_size=None, seed: int = 0):
+        super().__init__(slate_size, seed)
+        self.duration = np.asarray(torch.as_tensor(duration).cpu(), dtype=np.float64)
+        if self.duration.shape != (item_table.shape[0],):
+            raise ValueError(f"duration must be (N,) with N={item_table.shape[0]} items; got {self.duration.shape}")
+        self.item_table = item_table
+
+    def scores(self, observation):
+        return self.duration[candidate_rows(observation, self.item_table)]
+
+
+class MMRRecommender(Recommender):
+    """Maximal marginal relevance over a relevance model: relevance minus redundancy.
+
+    Score of candidate ``i``: ``rel_i - diversity x max_j rel_j x sim_i``, where ``rel``
+    is the relevance model's expected reward ``(B, K)`` and ``sim_i`` the highest
+    cosine (of fused vectors, clipped at 0) between the candidate and the items the
+    user clicked in the last ``window`` observed steps (0 with none). ``diversity=0`` is
+    the relevance model's greedy policy exactly.
+
+    Args:
+        relevance: anything with ``expected_reward(observation) -> (B, K)`` (e.g.
+            `recsim_mm.ranker.RankerPolicy` with ``objective="engagement"``).
+        item_table: ``(N, d)`` fused item vectors.
+        diversity: >= 0, the redundancy weight (tune it on training users).
+        window: recent steps whose clicked items count as recent consumption.
+    """
+
+    name = "mmr"
+
+    def __init__(self, relevance, item_table: torch.Tensor, diversity: float, window: int = 3,
+                 slate_size=None, seed: int = 0):
+        super().__init__(slate_size, seed)
+        if not diversity >= 0 or window < 1:
+            raise ValueError(f"MMR needs diversity >= 0 and window >= 1; got {diversity}, {window}")
+        self.relevance = relevance
+        table = item_table.detach().cpu().double().numpy()
+        self.unit = table / np.maximum(np.linalg.norm(table, axis=1, keepdims=True), 1e-12)
+        self.item_table = item_table
+        self.diversity = float(diversity)
+        self.window = int(window)
+
+    def redundancy(self, observation) -> np.ndarray:
+        """``(B, K)`` max clipped cosine of each candidate to the recently clicked items."""
+        cand = self.unit[candidate_rows(observation, self.item_table)]  # (B, K, d)
+        history = np.asarray(observation["history_items"])
+        if np.issubdtype(history.dtype, np.integer):
+            past = self.unit[history]
+        else:
+            past = history / np.maximum(np.linalg.norm(history, axis=-1, keepdims=True), 1e-12)
+        recent = np.zeros(history.shape[:2], dtype=bool)
+        recent[:, -self.window:] = True
+        clicked = (np.asarray(observation["history_feedback"])[..., 0] > 0) & (
+            np.asarray(observation["history_mask"]) > 0) & recent
+        sim = np.einsum("bkd,bhd->bkh", cand, past)
+        sim = np.where(clicked[:, None, :], np.maximum(sim, 0.0), 0.0)
+        return sim.max(axis=2)
+
+    def scores(self, observation):
+        rel = np.asarray(torch.as_tensor(self.relevance.expected_reward(observation)).cpu(), dtype=np.float64)
+        if self.diversity == 0:
+            return rel
+        return rel - self.diversity * rel.max(axis=1, keepdims=True) * self.redundancy(observation)
 
 
 class LinUCBRecommender(Recommender):
@@ -233,7 +316,7 @@ class LinUCBRecommender(Recommender):
         self._A_inv = np.linalg.inv(self.A)
 
 
-BASELINES = ("random", "popular", "oracle", "linucb", "greedy")
+BASELINES = ("random", "popular", "longest", "oracle", "linucb", "greedy")
 
 
 def make_baseline(
@@ -241,7 +324,9 @@ def make_baseline(
     item_table: torch.Tensor,
     *,
     popularity: np.ndarray | None = None,
+    duration: torch.Tensor | None = None,
     ranker=None,
+    objective: str = "engagement",
     slate_size: int | None = None,
     seed: int = 0,
 ):
@@ -251,7 +336,10 @@ def make_baseline(
         name: one of `BASELINES`.
         item_table: ``(N, d)`` fused item vectors.
         popularity: ``(N,)`` clicks per item (``"popular"``).
+        duration: ``(N,)`` item durations in minutes (``"longest"``).
         ranker: a trained `recsim_mm.ranker.Ranker` (``"greedy"``).
+        objective: what ``"greedy"`` ranks by: the environment's reward
+            (``"engagement"`` or ``"click"``; see `recsim_mm.ranker.RankerPolicy`).
         slate_size: None or ``S``.
         seed: tie-breaking / exploration seed.
 
@@ -268,8 +356,12 @@ def make_baseline(
         if popularity is None:
             raise ValueError("baseline 'popular' needs popularity= (clicks per item, e.g. from the logs)")
         return PopularRecommender(popularity, item_table, slate_size, seed)
+    if name == "longest":
+        if duration is None:
+            raise ValueError("baseline 'longest' needs duration= (item_space.duration)")
+        return DurationRecommender(duration, item_table, slate_size, seed)
     if name == "greedy":
         if ranker is None:
             raise ValueError("baseline 'greedy' needs ranker= (a trained recsim_mm.ranker.Ranker)")
-        return ranker.policy(slate_size=slate_size)
+        return ranker.policy(slate_size=slate_size, objective=objective)
     raise ValueError(f"unknown agent {name!r}; expected one of {BASELINES + ('ppo', 'dqn')}")

@@ -34,6 +34,8 @@ class EvalResult:
             plots of how interests move); keys from the user model's hidden state.
         intra_list_diversity: slate environments only: per user, the mean over steps
             of ``1 - mean pairwise cosine`` of the slate's items; None for single items.
+        recommended_duration: per user, the mean duration (minutes) of the recommended
+            item (the first of a slate) over the session's steps.
     """
 
     episode_return: np.ndarray
@@ -45,17 +47,26 @@ class EvalResult:
     coverage: float
     trajectories: dict[str, np.ndarray] = field(default_factory=dict)
     intra_list_diversity: np.ndarray | None = None
+    recommended_duration: np.ndarray | None = None
 
     def summary(self) -> dict[str, float]:
         """Scalar metrics averaged over users (NaNs ignored where a user has none);
-        ``intra_list_diversity`` only for slate environments."""
+        ``intra_list_diversity`` only for slate environments.
+
+        The return decomposes as ``session_length x ctr x minutes_per_click`` (per user),
+        so a gain can be traced to more steps, more clicks or longer watching;
+        ``recommended_duration`` shows whether longer minutes come from longer items."""
         steps = np.maximum(self.session_length, 1)
         extra = {}
         if self.intra_list_diversity is not None:
             extra["intra_list_diversity"] = _nanmean(self.intra_list_diversity)
+        if self.recommended_duration is not None:
+            extra["recommended_duration"] = float(self.recommended_duration.mean())
+        per_click = np.where(self.clicks > 0, self.engagement / np.maximum(self.clicks, 1), np.nan)
         return {
             "episode_return": float(self.episode_return.mean()),
             "ctr": float((self.clicks / steps).mean()),
+            "minutes_per_click": _nanmean(per_click),
             "engagement_per_step": float((self.engagement / steps).mean()),
             "session_length": float(self.session_length.mean()),
             "session_diversity": _nanmean(self.session_diversity),
@@ -94,7 +105,9 @@ def evaluate_policy(
     Args:
         policy: anything with SB3's ``predict(obs, deterministic=True)``; optional
             ``observe(info)`` / ``update(obs, actions, reward, info)`` hooks
-            (see `agents.baselines`).
+            (see `agents.baselines`) and ``attach(env)``, called once before the
+            episode (the privileged references of `agents.references` read the
+            simulator through it).
         env: an `envs.vector_env.RecVectorEnv` (``NEXT_STEP`` autoreset).
         seed: reset seed; held-out users come from seeds never used in training.
         item_table: ``(N, d)`` fused item vectors (``item_space.fused``).
@@ -105,8 +118,12 @@ def evaluate_policy(
     Returns:
         An `EvalResult` over the B users.
     """
+    if hasattr(policy, "attach"):
+        policy.attach(env)
     obs, info = env.reset(seed=seed)
     num_users = env.num_envs
+    durations = env.simulator.item_space.duration.detach().cpu().numpy().astype(np.float64)
+    duration_sum = np.zeros(num_users)
     alive = np.ones(num_users, dtype=bool)
     ret = np.zeros(num_users)
     clicks = np.zeros(num_users)
@@ -132,6 +149,7 @@ def evaluate_policy(
         first = actions if actions.ndim == 1 else actions[:, 0]
         shown = rows[np.arange(num_users), first]
         recommended.append(shown[alive])
+        duration_sum[alive] += durations[shown[alive]]
         if share is not None:
             novelty_sum[alive] += -np.log2(share[shown[alive]])
         if actions.ndim == 2 and actions.shape[1] > 1:
@@ -170,4 +188,5 @@ def evaluate_policy(
         coverage=coverage,
         trajectories={k: np.stack(v) for k, v in traces.items()},
         intra_list_diversity=slate_diversity_sum / np.maximum(length, 1) if slate_env else None,
+        recommended_duration=duration_sum / np.maximum(length, 1),
     )

@@ -154,9 +154,11 @@ class Ranker:
 
     # -- the three uses --------------------------------------------------------------------
 
-    def policy(self, slate_size: int | None = None) -> RankerPolicy:
-        """Greedy policy: the top candidate (``slate_size=None``) or the top-S slate."""
-        return RankerPolicy(self, slate_size=slate_size)
+    def policy(self, slate_size: int | None = None, objective: str = "click") -> RankerPolicy:
+        """Greedy policy: the top candidate (``slate_size=None``) or the top-S slate, ranked
+        by ``objective`` (``"click"``: P(click); ``"engagement"``: P(click) x E[minutes | click],
+        the expected reward of an engagement environment)."""
+        return RankerPolicy(self, slate_size=slate_size, objective=objective)
 
     def reward_model(self) -> EngagementRewardModel:
         """Learned reward: the predicted engagement of what was recommended."""
@@ -524,6 +526,10 @@ def _as_batch(obs: dict, device: torch.device) -> tuple[dict[str, torch.Tensor],
     return batch, single
 
 
+#: What a `RankerPolicy` ranks by, named after the environment reward it maximises.
+OBJECTIVES = ("click", "engagement")
+
+
 class RankerPolicy:
     """Greedy policy over a trained ranker: recommend the top-scored candidate(s).
 
@@ -534,21 +540,40 @@ class RankerPolicy:
         ranker: the trained `Ranker`.
         slate_size: None for a single item (``Discrete(K)`` action); ``S`` for the
             top-S slate in descending score (``MultiDiscrete([K] * S)`` action).
+        objective: ``"click"`` ranks by the predicted click probability (the expected
+            reward of ``reward="click"``); ``"engagement"`` by ``P(click) x E[minutes |
+            click]`` from the two heads (the expected reward of ``reward="engagement"``;
+            needs the engagement head). Rank by the objective the environment rewards,
+            or the comparison with an agent trained on that reward is unfair.
 
     Calling it returns the action: ``int`` (single obs) or ``(B,)`` int64 for
     ``slate_size=None``; ``(S,)`` or ``(B, S)`` int64 for slates.
     """
 
-    def __init__(self, ranker: Ranker, slate_size: int | None = None):
+    def __init__(self, ranker: Ranker, slate_size: int | None = None, objective: str = "click"):
         if slate_size is not None and slate_size < 1:
             raise ValueError(f"slate_size={slate_size}; expected None or >= 1")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective={objective!r}; expected one of {OBJECTIVES}")
+        if objective == "engagement" and ranker.scorer.engagement_head is None:
+            raise ValueError("objective='engagement' needs a ranker trained with ScorerConfig(engagement_head=True)")
         self.ranker = ranker
         self.slate_size = slate_size
+        self.objective = objective
+
+    @torch.no_grad()
+    def expected_reward(self, obs: dict) -> torch.Tensor:
+        """``(B, K)`` float32 predicted reward of each candidate under ``objective``
+        (probability for ``"click"``, minutes for ``"engagement"``), on the ranker's device."""
+        batch, _ = _as_batch(obs, self.ranker.device)
+        out = self.ranker.scorer.predict(batch)
+        click = torch.sigmoid(out["click_logit"])
+        return click if self.objective == "click" else click * out["engagement"]
 
     @torch.no_grad()
     def __call__(self, obs: dict):
         batch, single = _as_batch(obs, self.ranker.device)
-        scores = self.ranker.scorer(batch)
+        scores = self.ranker.scorer(batch) if self.objective == "click" else self.expected_reward(batch)
         if self.slate_size is None:
             action = scores.argmax(dim=-1).cpu().numpy()
             return int(action[0]) if single else action

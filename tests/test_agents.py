@@ -174,9 +174,13 @@ def test_every_baseline_runs_on_every_registered_id(space, env_id):
     slate = spec.kwargs.get("slate_size", 1)
     env = RecVectorEnv(16, **{**spec.kwargs, "item_space": space, "device": "cpu", "max_steps": 20})
     ranker = make_ranker(space)
-    for name in BASELINES:
-        policy = make_baseline(name, space.fused, popularity=np.arange(space.num_items),
-                               ranker=ranker, slate_size=None if slate == 1 else slate)
+    from agents.references import MyopicOracle, PlanningReference
+
+    size = None if slate == 1 else slate
+    policies = [make_baseline(name, space.fused, popularity=np.arange(space.num_items), duration=space.duration,
+                              ranker=ranker, slate_size=size) for name in BASELINES]
+    policies += [MyopicOracle(slate_size=size), PlanningReference(3.0, slate_size=size)]
+    for name, policy in zip([*BASELINES, "myopic_oracle", "planning"], policies, strict=True):
         result = evaluate_policy(policy, env, seed=1, item_table=space.fused)
         assert np.isfinite(result.summary()["episode_return"]), (name, env_id)
         assert (result.session_length >= 1).all()

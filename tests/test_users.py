@@ -117,12 +117,12 @@ def test_satiation_builds_with_similar_consumption_and_decays_without(space):
         _consume(users, item)
     after = users.utility(probe)
     drop = (before - after)[0]
-    assert drop[0] > 0.5  # the consumed item itself
+    assert drop[0] > 0.3  # the consumed item itself (strength 0.3 x about 1.4 of satiation)
     assert drop[1] > 0.05  # a similar (same-topic) item
     assert drop[1] > 2 * drop[2].abs()  # a different-topic item barely moves
     # No consumption (never click): satiation decays back.
     users.choice.no_click_utility = 10.0
-    for _ in range(6):
+    for _ in range(12):  # 0.8 ** 12 < 0.07 of the memory is left
         _consume(users, item)
     recovered = users.utility(probe)
     assert (recovered[0, 0] - before[0, 0]).abs() < 0.1 * drop[0]
@@ -148,7 +148,7 @@ def test_interests_drift_toward_consumed_items_only_where_configured(space):
 
 def test_time_budget_is_spent_by_consumption_and_partly_refunded(space):
     for refund in (0.0, 0.5):
-        users = _fresh(MyopicUser, space, b=32, no_click_utility=-10.0, refund_rate=refund, step_cost=0.5)
+        users = _fresh(MultimodalUser, space, b=32, no_click_utility=-10.0, refund_rate=refund, step_cost=0.5)
         before = users.budget.clone()
         response = _consume(users, torch.arange(32))
         spent = before - users.budget

@@ -1,6 +1,6 @@
 """Simulated users: the batched user model contract, the default multimodal user, the registry."""
 
-from recsim_mm.users.base import CONTRACT_METHODS, UserModel, UserResponse
+from recsim_mm.users.base import CONTRACT_METHODS, ExpectedOutcomes, UserModel, UserResponse
 from recsim_mm.users.multimodal import (
     InterestEvolutionUser,
     MultimodalUser,
@@ -16,6 +16,7 @@ from recsim_mm.users.registry import (
 
 __all__ = [
     "CONTRACT_METHODS",
+    "ExpectedOutcomes",
     "InterestEvolutionUser",
     "MultimodalUser",
     "MultimodalUserConfig",

@@ -42,6 +42,25 @@ class UserResponse(NamedTuple):
     engagement: torch.Tensor
 
 
+class ExpectedOutcomes(NamedTuple):
+    """PRIVILEGED expectations of recommending each candidate alone, from the hidden state.
+
+    What a user model's `UserModel.expected_outcomes` returns for ``(B, K)`` candidates;
+    the privileged references (myopic oracle, planning reference) rank by it. No
+    policy that a real system could run sees these.
+
+    Attributes:
+        click_probability: ``(B, K)`` float32 probability of a click.
+        engagement_if_clicked: ``(B, K)`` float32 expected minutes given a click.
+        end_probability: ``(B, K)`` float32 probability that the session ends after
+            this step (the user leaves, is bored, quits or runs out of time).
+    """
+
+    click_probability: torch.Tensor
+    engagement_if_clicked: torch.Tensor
+    end_probability: torch.Tensor
+
+
 class UserModel(abc.ABC):
     """Base class of every user model: B users' hidden state and their behaviour.
 
@@ -147,6 +166,20 @@ class UserModel(abc.ABC):
     def max_engagement(self) -> float:
         """Upper bound of one step's engagement in minutes (observation space bound); default ``inf``."""
         return float("inf")
+
+    def expected_outcomes(self, items: torch.Tensor) -> ExpectedOutcomes:
+        """PRIVILEGED: expected click, engagement and session end of each item shown alone.
+
+        Optional: only the privileged references (`agents.references`) call it; a user
+        model without it can still be simulated and trained on.
+
+        Args:
+            items: ``(B, K)`` int64 item rows.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement expected_outcomes(items), which the "
+            "privileged references (myopic oracle, planning reference) need"
+        )
 
     def hidden_state(self) -> dict[str, torch.Tensor]:
         """Per-user hidden quantities for analysis ``info`` (each ``(B,)`` float32); default none."""

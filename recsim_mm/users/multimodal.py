@@ -19,16 +19,27 @@ Per step, for the items on the slate:
   ``refund_rate * engagement * fraction`` minutes (a user who enjoys it stays longer).
 - interests drift toward consumed items (``drift_rate``), per modality, renormalised.
 - a step with no click or a watched fraction below ``disappointment_threshold`` is a
-  disappointment; ``patience`` disappointments in a row and the user leaves.
+  disappointment; ``patience`` disappointments in a row and the user leaves (0: never).
+- boredom: after a click the user leaves with probability
+  ``1 - exp(-boredom_rate * satiation of the clicked item)`` (more of the same ends sessions).
+- every step the user quits with probability ``quit_probability``, whatever was shown
+  (a session length no recommendation can change).
 
 Initial interests come from the item space's topic structure: each user picks
 ``favourite_topics`` topics, mixes their mean text (resp. image) embeddings with random
 weights and adds Gaussian noise, so interests live where the encoded items live. Item
 spaces without topics use random favourite items instead of topic means.
 
-Variants (registered names): ``interest_evolution`` (drift, mild satiation),
-``satiation`` (strong, slowly decaying satiation, no drift: diversity pays off),
-``myopic`` (static interests, no satiation, no drift: greedy is optimal).
+Variants (registered names; docs/user_models.md explains each parameter choice):
+
+- ``interest_evolution``: RecSim-like; drift, mild satiation, a time budget with
+  refunds, patience. Long-term effects: budget refunds and leaving.
+- ``satiation``: static interests; satiation lowers utility mildly (taste stays visible
+  in clicks) but bores: each click on a satiated item may end the session. No budget, no
+  patience; a 3% per-step quit. Spacing out similar items pays off over a session.
+- ``myopic``: the control. Static interests, no satiation, no budget, no patience: the
+  session length (3% per-step quit) does not depend on what is recommended, so every
+  step is independent and the myopic oracle is optimal.
 """
 
 from __future__ import annotations
@@ -42,10 +53,12 @@ import torch
 
 from recsim_mm.choice import CHOICE_MODELS, make_choice_model
 from recsim_mm.item_space import ItemSpace
-from recsim_mm.users.base import UserModel, UserResponse
+from recsim_mm.users.base import ExpectedOutcomes, UserModel, UserResponse
 
 #: Users per chunk when gathering candidate vectors for true affinities (cache-sized).
 _AFFINITY_CHUNK = 256
+#: Quantile nodes of the watched fraction's logistic noise in `MultimodalUser.expected_outcomes`.
+_NOISE_NODES = 16
 #: Below this many multiply-adds a batched matmul runs as multiply + sum (see `batched_matmul`).
 _SMALL_MATMUL = 2**15
 
@@ -94,8 +107,11 @@ class MultimodalUserConfig:
         time_budget_spread: budgets are uniform in ``time_budget * (1 +- spread)``.
         step_cost: minutes each step costs (looking at the recommendations).
         refund_rate: minutes refunded per minute watched, times the watched fraction.
-        patience: consecutive disappointments after which the user leaves.
+        patience: consecutive disappointments after which the user leaves (0: never).
         disappointment_threshold: watched fraction below which a click disappoints.
+        boredom_rate: after a click, the user leaves with probability
+            ``1 - exp(-boredom_rate * s)``, ``s`` the clicked item's satiation (0: never).
+        quit_probability: per-step probability of leaving whatever was shown, in [0, 1).
     """
 
     favourite_topics: int = 3
@@ -118,6 +134,8 @@ class MultimodalUserConfig:
     refund_rate: float = 0.5
     patience: int = 3
     disappointment_threshold: float = 0.3
+    boredom_rate: float = 0.0
+    quit_probability: float = 0.0
 
     def __post_init__(self) -> None:
         checks = {
@@ -136,8 +154,10 @@ class MultimodalUserConfig:
             "time_budget_spread": 0 <= self.time_budget_spread < 1,
             "step_cost": self.step_cost >= 0,
             "refund_rate": 0 <= self.refund_rate < 1,
-            "patience": isinstance(self.patience, int) and not isinstance(self.patience, bool) and self.patience >= 1,
+            "patience": isinstance(self.patience, int) and not isinstance(self.patience, bool) and self.patience >= 0,
             "disappointment_threshold": 0 < self.disappointment_threshold <= 1,
+            "boredom_rate": self.boredom_rate >= 0,
+            "quit_probability": 0 <= self.quit_probability < 1,
         }
         expected = {
             "favourite_topics": ">= 1",
@@ -155,8 +175,10 @@ class MultimodalUserConfig:
             "time_budget_spread": "in [0, 1)",
             "step_cost": ">= 0 minutes",
             "refund_rate": "in [0, 1) (a refund of 1 or more would make sessions endless)",
-            "patience": "an integer >= 1",
+            "patience": "an integer >= 0 (0: users never leave from disappointment)",
             "disappointment_threshold": "in (0, 1] (a no-click step always disappoints)",
+            "boredom_rate": ">= 0",
+            "quit_probability": "in [0, 1) (1 would end every session after one step)",
         }
         for name, ok in checks.items():
             if not ok:
@@ -265,7 +287,9 @@ class MultimodalUser(UserModel):
         # Filled by respond() for transition(): the chosen item's vector and watched fraction.
         self._chosen = torch.zeros(b, d, device=dev)
         self._watched = torch.zeros(b, device=dev)
+        self._chosen_satiation: torch.Tensor | None = None
         self._rows = torch.arange(b, device=dev)
+        self._noise_nodes = torch.logit((torch.arange(_NOISE_NODES) + 0.5) / _NOISE_NODES)
 
     @staticmethod
     def _topic_centres(space: ItemSpace) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
@@ -342,24 +366,32 @@ class MultimodalUser(UserModel):
         return self._utility(self._gather(items))
 
     def _utility(self, rows: torch.Tensor) -> torch.Tensor:
+        return self._utility_and_satiation(rows)[0]
+
+    def _utility_and_satiation(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(B, S)`` utility and ``(B, S)`` satiation (None without satiation) of gathered rows."""
         scores = batched_matmul(rows, self._probe.mT)  # (B, S, 2): [affinity + quality, satiation]
         utility = scores[..., 0]
-        if self.config.satiation_strength:
-            utility = utility - self.config.satiation_strength * scores[..., 1].clamp_min(0)
-        return utility
+        if not self.config.satiation_strength:
+            return utility, None
+        satiation = scores[..., 1].clamp_min(0)
+        return utility - self.config.satiation_strength * satiation, satiation
 
     def respond(self, slate: torch.Tensor, generator: torch.Generator) -> UserResponse:
         cfg, d = self.config, self.dim
         rows = self._gather(slate)  # (B, S, d + 2)
-        utility = self._utility(rows)
+        utility, satiation = self._utility_and_satiation(rows)
         clicked = self.choice.choose(utility, generator)
         if slate.shape[1] == 1:
             chosen, chosen_utility = rows[:, 0], utility[:, 0]
+            chosen_satiation = None if satiation is None else satiation[:, 0]
         else:
             pos = clicked.clamp_min(0)
             chosen = rows[self._rows, pos]
             chosen_utility = utility.gather(1, pos.unsqueeze(1)).squeeze(1)
+            chosen_satiation = None if satiation is None else satiation.gather(1, pos.unsqueeze(1)).squeeze(1)
         self._chosen.copy_(chosen[:, :d])
+        self._chosen_satiation = chosen_satiation
         # Watched fraction: logistic in utility, with logistic noise (logit of a uniform).
         u = torch.rand(chosen_utility.shape, generator=generator, device=self.device)
         watched = torch.logit(u, eps=1e-6).mul_(cfg.engagement_noise)
@@ -385,13 +417,66 @@ class MultimodalUser(UserModel):
         self.budget.addcmul_(response.engagement, watched * cfg.refund_rate - 1).sub_(cfg.step_cost).clamp_min_(0)
         disappointed = watched < cfg.disappointment_threshold  # no click: watched = 0
         self.disappointments.add_(1).mul_(disappointed)
-        self.left |= self.disappointments >= cfg.patience
+        if cfg.patience:
+            self.left |= self.disappointments >= cfg.patience
+        if cfg.quit_probability or cfg.boredom_rate:
+            # One uniform per user against the probability of staying: the product of not
+            # quitting and (after a click) not being bored by the clicked item's satiation.
+            stay = torch.full_like(watched, 1.0 - cfg.quit_probability)
+            if cfg.boredom_rate and self._chosen_satiation is not None:
+                bored = (response.clicked >= 0) * self._chosen_satiation
+                stay.mul_(torch.exp(-cfg.boredom_rate * bored))
+            self.left |= torch.rand(stay.shape, generator=generator, device=self.device) >= stay
 
     def done(self) -> torch.Tensor:
         return self.left | (self.budget <= 0)
 
     def time_left(self) -> torch.Tensor:
         return self.budget
+
+    def expected_outcomes(self, items: torch.Tensor) -> ExpectedOutcomes:
+        """PRIVILEGED one-step model: what recommending each item alone would do, in expectation.
+
+        Computed from the hidden state with the true dynamics (the watched fraction's
+        logistic noise integrated by a fixed ``_NOISE_NODES``-point quantile rule), for
+        the privileged references in `agents.references`. Each item is treated as a
+        one-item slate.
+
+        Args:
+            items: ``(B, K)`` int64 item rows.
+
+        Returns:
+            `ExpectedOutcomes` of ``(B, K)`` float32 tensors.
+        """
+        cfg = self.config
+        rows = self._gather(items)  # (B, K, d + 2)
+        utility, satiation = self._utility_and_satiation(rows)
+        click = self.choice.click_probability(utility.reshape(-1, 1)).view_as(utility)
+        noise = self._noise_nodes.to(utility.device)
+        logit = cfg.engagement_gain * (utility - cfg.engagement_midpoint)
+        watched = torch.sigmoid(logit.unsqueeze(-1) + cfg.engagement_noise * noise)  # (B, K, Q)
+        budget = self.budget[:, None, None]
+        minutes = torch.minimum(watched * rows[..., -1:], budget)
+        engagement = minutes.mean(-1)
+        # The session ends if any of: patience runs out, the budget is spent, boredom, a quit.
+        stay_clicked = torch.ones_like(watched)
+        stay_skipped = torch.ones_like(utility[..., 0])
+        if cfg.patience:
+            last_chance = (self.disappointments + 1 >= cfg.patience)[:, None, None]
+            stay_clicked = stay_clicked * ~(last_chance & (watched < cfg.disappointment_threshold))
+            stay_skipped = stay_skipped * ~last_chance[:, 0, 0]
+        after = budget - minutes * (1 - cfg.refund_rate * watched) - cfg.step_cost
+        stay_clicked = stay_clicked * (after > 0)
+        stay_skipped = stay_skipped * (self.budget - cfg.step_cost > 0)
+        stay_clicked = stay_clicked.mean(-1)
+        if cfg.boredom_rate and satiation is not None:
+            stay_clicked = stay_clicked * torch.exp(-cfg.boredom_rate * satiation)
+        stay = click * stay_clicked + (1 - click) * stay_skipped[:, None]
+        return ExpectedOutcomes(
+            click_probability=click,
+            engagement_if_clicked=engagement,
+            end_probability=1 - (1 - cfg.quit_probability) * stay,
+        )
 
     def affinity(
         self, items: torch.Tensor, rows: torch.Tensor | None = None, fused: torch.Tensor | None = None
@@ -432,18 +517,30 @@ class MultimodalUser(UserModel):
 
 
 class InterestEvolutionUser(MultimodalUser):
-    """RecSim-like: interests drift toward what the user consumes; mild satiation."""
+    """RecSim-like: interests drift toward what the user consumes; mild satiation; a time
+    budget that good content refunds; users leave after 3 disappointments in a row."""
 
     default_config = MultimodalUserConfig(drift_rate=0.1, satiation_strength=0.3, satiation_decay=0.7)
 
 
-class SatiationUser(MultimodalUser):
-    """Strong, slowly decaying satiation and static interests: variety pays off over a session."""
+#: Session settings of the Satiation and Myopic variants: no time budget within any
+#: realistic session, no leaving from disappointment, a 3% per-step quit (mean 33 steps).
+_OPEN_SESSION = {"time_budget": 10_000.0, "time_budget_spread": 0.0, "patience": 0, "quit_probability": 0.03}
 
-    default_config = MultimodalUserConfig(drift_rate=0.0, satiation_strength=2.0, satiation_decay=0.6)
+
+class SatiationUser(MultimodalUser):
+    """Satiation that bores: similar consumption lowers utility mildly (taste stays visible
+    in the clicks) and every click on a satiated item may end the session
+    (``boredom_rate``); static interests. Spacing out similar items pays off over a session."""
+
+    default_config = MultimodalUserConfig(
+        drift_rate=0.0, satiation_strength=0.3, satiation_decay=0.8, boredom_rate=0.3, **_OPEN_SESSION
+    )
 
 
 class MyopicUser(MultimodalUser):
-    """Static interests, no satiation, no drift: each step is independent, greedy is optimal."""
+    """The control: static interests, no satiation, no drift, and a session length no
+    recommendation changes (no budget, no patience, a fixed per-step quit): every step is
+    independent, so the myopic oracle is optimal."""
 
-    default_config = MultimodalUserConfig(drift_rate=0.0, satiation_strength=0.0)
+    default_config = MultimodalUserConfig(drift_rate=0.0, satiation_strength=0.0, **_OPEN_SESSION)

@@ -1,0 +1,141 @@
+"""Privileged references: what the best myopic play and a planner with the true model reach.
+
+Two references bound every comparison; neither is a strategy a real system could run,
+because both read the simulated users' hidden state through the user model's
+`recsim_mm.users.UserModel.expected_outcomes` (expected click, engagement and session
+end of each candidate shown alone, computed with the true dynamics):
+
+- `MyopicOracle`: greedy on the TRUE expected reward of this step, given the full
+  hidden state (interests, satiation, budget): ``P(click) x E[minutes | click]`` for
+  ``reward="engagement"``, ``P(click)`` for ``reward="click"``. It is the upper bound
+  of one-step-greedy play, whatever model a greedy recommender learns.
+- `PlanningReference`: a one-step lookahead with the true model and a constant
+  continuation value: ``E[reward now] + value x P(the session continues)``, where
+  ``value = horizon x (the best expected reward among this step's candidates)`` is what
+  the rest of the session is worth. ``horizon`` (steps) is tuned per environment on
+  training users (`tune_planning_horizon`); ``horizon=0`` is the myopic oracle. It
+  captures the long-term effect that dominates the built-in environments: whether the
+  user stays (boredom, patience, budget). It ignores effects that act only through
+  later utilities (satiation lowering future clicks without ending the session), so it
+  is a lower bound of what planning can reach, not the optimum.
+
+The planning headroom of an environment is ``planning - myopic oracle`` on the same
+users; the report states each strategy's fraction of both. In the Myopic control the
+session end does not depend on the recommendation, so the two references choose the
+same item and the headroom is exactly zero.
+
+Both follow the baselines' interface (`agents.baselines.Recommender`) plus one hook,
+``attach(env)``, which `agents.evaluation.evaluate_policy` calls with the vector env
+before the first step so the reference can read its simulator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from agents.baselines import Recommender
+
+#: Horizons (steps of continuation value) `tune_planning_horizon` tries by default.
+PLANNING_HORIZONS: tuple[float, ...] = (0.0, 1.0, 3.0, 10.0, 30.0, 100.0)
+
+
+class MyopicOracle(Recommender):
+    """PRIVILEGED: greedy on the true expected reward of this step (see the module docstring).
+
+    Args:
+        reward: the environment's reward, ``"engagement"`` (minutes) or ``"click"``.
+        slate_size: None or ``S`` (top-S by the single-item expected reward: an
+            approximation for slates, where items compete for the click).
+        seed: tie-breaking seed.
+    """
+
+    name = "myopic_oracle"
+    privileged = True
+
+    def __init__(self, reward: str = "engagement", slate_size: int | None = None, seed: int = 0):
+        super().__init__(slate_size, seed)
+        if reward not in ("engagement", "click"):
+            raise ValueError(
+                f"reward={reward!r}: the references know the built-in rewards 'engagement' and 'click' only"
+            )
+        self.reward = reward
+        self.simulator = None
+
+    def attach(self, env) -> None:
+        """Read the hidden state of ``env`` (a `envs.vector_env.RecVectorEnv`) from now on."""
+        self.simulator = env.simulator
+
+    def _outcomes(self):
+        if self.simulator is None:
+            raise RuntimeError(f"{type(self).__name__}.attach(env) must run before predict()")
+        sim = self.simulator
+        return sim.users.expected_outcomes(sim.candidates)
+
+    def _immediate(self, outcomes) -> torch.Tensor:
+        """``(B, K)`` expected reward of this step."""
+        if self.reward == "click":
+            return outcomes.click_probability
+        return outcomes.click_probability * outcomes.engagement_if_clicked
+
+    def scores(self, observation):
+        """``(B, K)`` true expected reward of each candidate (minutes or click probability)."""
+        return self._immediate(self._outcomes()).cpu().numpy()
+
+
+class PlanningReference(MyopicOracle):
+    """PRIVILEGED: one-step lookahead with the true model (see the module docstring).
+
+    Score of candidate ``i``: ``r_i + horizon x max_j r_j x (1 - P(end | i))``, with
+    ``r`` the true expected reward of this step.
+
+    Args:
+        horizon: >= 0 steps the continuation is worth, in units of this step's best
+            expected reward (tune it with `tune_planning_horizon`).
+        reward, slate_size, seed: as `MyopicOracle`.
+    """
+
+    name = "planning"
+
+    def __init__(self, horizon: float, reward: str = "engagement", slate_size: int | None = None, seed: int = 0):
+        super().__init__(reward, slate_size, seed)
+        if not horizon >= 0:
+            raise ValueError(f"horizon={horizon!r}; expected >= 0 steps")
+        self.horizon = float(horizon)
+
+    def scores(self, observation):
+        """``(B, K)`` expected reward now plus the continuation value times P(stay)."""
+        outcomes = self._outcomes()
+        immediate = self._immediate(outcomes)
+        value = self.horizon * immediate.amax(dim=1, keepdim=True)
+        return (immediate + value * (1.0 - outcomes.end_probability)).cpu().numpy()
+
+
+def tune_planning_horizon(
+    evaluate: Callable[[PlanningReference], float],
+    reward: str = "engagement",
+    horizons: Sequence[float] = PLANNING_HORIZONS,
+    slate_size: int | None = None,
+) -> tuple[float, dict[float, float]]:
+    """Pick the planning horizon with the highest mean return on TRAINING users.
+
+    Args:
+        evaluate: ``evaluate(reference) -> mean episode return`` on training users
+            (never the held-out users the report uses).
+        reward: the environment's reward.
+        horizons: candidates, tried in order; ties keep the smaller one (0 = myopic).
+        slate_size: None or ``S``.
+
+    Returns:
+        ``(best horizon, {horizon: mean return})``.
+    """
+    returns = {float(h): float(evaluate(PlanningReference(h, reward, slate_size))) for h in horizons}
+    best = max(returns, key=lambda h: (returns[h], -h))
+    return best, returns
+
+
+def fraction_of(value: float, reference: float) -> float:
+    """``value / reference`` (e.g. a strategy's return as a fraction of an oracle's); NaN if
+    the reference is not positive, where a fraction means nothing."""
+    return float(value / reference) if reference > 1e-12 else float("nan")
