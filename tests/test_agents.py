@@ -287,3 +287,40 @@ def test_kl_penalty_needs_a_ranker_and_ppo(space):
     venv = make_env(config, ENV_ID, {"obs_mode": "ids", "item_space": space})
     with pytest.raises(ValueError, match="needs ranker="):
         build_agent(config, venv, space)
+
+
+def _observation(space, users=32, seed=3):
+    env = RecVectorEnv(users, item_space=space, obs_mode="ids", device="cpu", user_model="satiation")
+    obs, _ = env.reset(seed=seed)
+    for _ in range(4):  # some history, so the redundancy term is not zero
+        obs, *_ = env.step(np.zeros(users, dtype=np.int64))
+    return obs
+
+
+def test_expected_reward_greedy_ranks_by_click_probability_times_expected_engagement(space):
+    ranker = make_ranker(space)
+    obs = _observation(space)
+    with torch.no_grad():
+        heads = ranker.scorer.predict({k: torch.as_tensor(v) for k, v in obs.items()})
+    product = torch.sigmoid(heads["click_logit"]) * heads["engagement"]
+    policy = ranker.policy(objective="engagement")
+    assert torch.allclose(policy.expected_reward(obs), product, atol=1e-6)
+    assert np.array_equal(policy(obs), product.argmax(1).numpy())
+    # The objective matters: ranked by click probability alone, some users get another item.
+    assert not np.array_equal(ranker.policy(objective="click")(obs), policy(obs))
+
+
+def test_mmr_with_zero_diversity_is_its_greedy_policy_and_penalises_recent_similar_items(space):
+    from agents.baselines import MMRRecommender
+
+    ranker = make_ranker(space)
+    obs = _observation(space)
+    greedy = ranker.policy(objective="engagement")
+    mmr0 = MMRRecommender(greedy, space.fused, diversity=0.0)
+    assert np.array_equal(mmr0.predict(obs)[0], greedy(obs))
+    mmr = MMRRecommender(greedy, space.fused, diversity=1.0)
+    redundancy = mmr.redundancy(obs)
+    assert (redundancy >= 0).all() and redundancy.max() > 0
+    rel = greedy.expected_reward(obs).numpy()
+    expected = rel - rel.max(1, keepdims=True) * redundancy
+    assert np.allclose(mmr.scores(obs), expected, atol=1e-5)

@@ -320,3 +320,31 @@ def test_custom_user_model_from_the_docs_runs_an_episode_by_dotted_path(tmp_path
         done = terminated or truncated
     assert terminated and steps == 5  # session_length=5 from user_params
     assert obs["user_features"].tolist() == [0.0]
+
+
+@pytest.mark.parametrize("cls,near_patience", [(SatiationUser, False), (InterestEvolutionUser, True)])
+def test_expected_outcomes_match_simulated_frequencies(space, cls, near_patience):
+    """The privileged one-step model the references rank by is what the dynamics do."""
+    n = 40_000
+    users = cls(space, n)
+    one = _fresh(cls, space, b=1, seed=3)
+    for _ in range(3):  # build some satiation (and spend some budget)
+        _consume(one, one.affinity(torch.arange(space.num_items).unsqueeze(0))[0].argmax().view(1))
+    if near_patience:
+        one.disappointments.fill_(one.config.patience - 1)
+    one.left.fill_(False)
+    for name in ("interest", "modality_weight", "_probe", "budget", "disappointments", "left"):
+        getattr(users, name).copy_(getattr(one, name).expand_as(getattr(users, name)))
+    liked = one.affinity(torch.arange(space.num_items).unsqueeze(0))[0]
+    for item in (int(liked.argmax()), int(liked.argsort()[len(liked) // 2])):  # satiated favourite, a middling item
+        clone = cls(space, n)
+        for name in ("interest", "modality_weight", "_probe", "budget", "disappointments", "left"):
+            getattr(clone, name).copy_(getattr(users, name))
+        expected = clone.expected_outcomes(torch.full((n, 1), item))
+        expected = type(expected)(*(value[0, 0] for value in expected))
+        response = _consume(clone, torch.full((n,), item))
+        clicked = response.clicked >= 0
+        assert abs(clicked.float().mean() - expected.click_probability.item()) < 0.01
+        assert abs(response.engagement[clicked].mean() - expected.engagement_if_clicked.item()) < 0.02 * (
+            expected.engagement_if_clicked.item() + 1)
+        assert abs(clone.done().float().mean() - expected.end_probability.item()) < 0.01
