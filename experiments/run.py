@@ -76,7 +76,11 @@ from experiments.config import (  # noqa: E402
     RL_AGENTS,
     ConfigError,
     ExperimentConfig,
+    agent_config,
+    help_text,
     load_config,
+    ranker_train_config,
+    scorer_config,
     to_yaml,
 )
 from recsim_mm.catalog import Catalog, CatalogError, load_catalog  # noqa: E402
@@ -278,33 +282,6 @@ def environment_setup(config: ExperimentConfig, device: torch.device) -> EnvSetu
     return EnvSetup(config.env.id, options)
 
 
-def agent_config(config: ExperimentConfig, algo: str, seed: int, device: torch.device) -> AgentConfig:
-    """`agents.train.AgentConfig` of one RL run from the experiment's ``ppo``/``dqn`` section."""
-    section = dataclasses.asdict(getattr(config, algo))
-    for name in ("warm_start", "cold_start", "reward"):
-        section.pop(name)
-    return AgentConfig(algo=algo, seed=seed, device=str(device),
-                       scorer=dataclasses.asdict(config.scorer), **section)
-
-
-def ranker_train_config(config: ExperimentConfig, seed: int, device: torch.device,
-                        folder: Path | None) -> TrainConfig:
-    """`recsim_mm.ranker.TrainConfig` of one ranker from the ``ranker`` section."""
-    r = config.ranker
-    return TrainConfig(
-        lr=r.lr, weight_decay=r.weight_decay, batch_size=r.batch_size, max_epochs=r.max_epochs,
-        patience=r.patience, val_fraction=r.val_fraction, engagement_weight=r.engagement_weight,
-        seed=seed, device=str(device),
-        checkpoint_path=None if folder is None else str(folder / "ranker.pt"),
-        tensorboard_dir=None if folder is None else str(folder / "tensorboard"),
-    )
-
-
-def scorer_config(config: ExperimentConfig, d_text: int, d_image: int, modality: str = "fused") -> ScorerConfig:
-    """`recsim_mm.scorer.ScorerConfig` of the ``scorer`` section on item vectors of these widths."""
-    return ScorerConfig(d_text, d_image, modality=modality, **dataclasses.asdict(config.scorer))
-
-
 def rl_runs(config: ExperimentConfig) -> list[tuple[str, str]]:
     """``(algo, start)`` pairs to train, e.g. ``[("ppo", "warm"), ("dqn", "warm")]``."""
     runs = []
@@ -401,19 +378,6 @@ def check_inputs(config: ExperimentConfig) -> dict[str, Any]:
         if value > num_items - 1:
             raise ConfigError(f"config key 'encoders.{key}' = {value}: the catalog has {num_items} items, "
                               f"so at most {num_items - 1} dimensions")
-    try:  # the library's own checks of the scorer, ranker and agent settings
-        scorer_config(config, config.encoders.d_text, config.encoders.d_image)
-    except ValueError as exc:
-        raise ConfigError(f"config section 'scorer': {exc}") from None
-    try:
-        ranker_train_config(config, seed=0, device=device, folder=None)
-    except ValueError as exc:
-        raise ConfigError(f"config section 'ranker': {exc}") from None
-    for algo in RL_AGENTS:
-        try:
-            agent_config(config, algo, 0, device)
-        except ValueError as exc:
-            raise ConfigError(f"config section {algo!r}: {exc}") from None
     check_held_out_seeds(config)
     results_dir = Path(config.results_dir)
     cache_dir = Path(config.cache_dir) if config.cache_dir is not None else results_dir / ".cache"
@@ -637,7 +601,7 @@ def rankers_stage(runner: StageRunner, config: ExperimentConfig, logs: Logs, ite
         def compute(folder: Path, modality=modality, seed=seed) -> dict:
             info = train_ranker_unit(folder, item_space, logs.train, logs.test,
                                      scorer_config(config, item_space.d_text, item_space.d_image, modality),
-                                     ranker_train_config(config, seed, device, None), config.ranker.ndcg_k)
+                                     ranker_train_config(config, seed, str(device)), config.ranker.ndcg_k)
             bar.update(1)
             return info
 
@@ -665,7 +629,7 @@ def agents_stage(runner: StageRunner, config: ExperimentConfig, env: EnvSetup, i
         section = getattr(config, algo)
         for seed in config.seeds:
             uses_ranker = start == "warm" or section.reward == "ranker"
-            agent = agent_config(config, algo, seed, device)
+            agent = agent_config(config, algo, seed, str(device))
             runs[(f"{algo}-{start}", seed)] = AgentRun(runner.stage(
                 "agent", ("recsim_mm", "envs", "agents"), items=items.key, env=env.key,
                 agent=dataclasses.asdict(agent), start=start, reward=section.reward,
@@ -831,7 +795,7 @@ def main(argv: list[str] | None = None) -> Path:
     topic_names = None
     if config.catalog.path is None and item_space.topics is not None and item_space.topics.shape[1] <= len(TOPICS):
         topic_names = [TOPICS[t].name for t in range(item_space.topics.shape[1])]
-    report.write_report(run_dir, results, to_yaml(config), topic_names)
+    report.write_report(run_dir, results, to_yaml(config), topic_names, items.dir / "item_space.pt")
     wall = time.perf_counter() - t0
     write_json(run_dir / "stages.json", runner.progress.records)
     env = inputs["envs"][0]
@@ -850,7 +814,11 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 def cli() -> int:
-    """Command-line entry: bad input prints one clear line (no traceback) and exits 2."""
+    """Command-line entry: ``-h``/``--help`` prints the usage, presets and keys; bad input
+    prints one clear line (no traceback) and exits 2."""
+    if any(arg in ("-h", "--help") for arg in sys.argv[1:]):
+        print(help_text())
+        return 0
     try:
         main(sys.argv[1:])
     except ConfigError as exc:
