@@ -202,8 +202,12 @@ def summary_markdown(
             "- `plots/`: `metrics.png` (bars with 95% CIs), `learning_curves.png` (with the greedy "
             "level), `interest_trajectory.png` (one held-out user, greedy vs RL)",
             f"- `tensorboard/`: `tensorboard --logdir {run_dir / 'tensorboard'}`",
-            "- `checkpoints/`, `config.yaml` (re-run with `python experiments/run.py "
-            f"preset={run_dir / 'config.yaml'}`), `stages.json` (which stages ran or were reused)", ""]
+            "- `checkpoints/` and `item_space.pt` (what they were trained on: "
+            "`Ranker.load(checkpoint, ItemSpace.load('item_space.pt'))`), `config.yaml` (re-run with "
+            f"`.venv/bin/python experiments/run.py preset={run_dir / 'config.yaml'}`), `stages.json` "
+            "(which stages ran or were reused)",
+            "- compare with another results folder: `.venv/bin/python experiments/compare.py "
+            f"{run_dir} <other folder>`", ""]
     return "\n".join(out)
 
 
@@ -255,10 +259,13 @@ class EnvResults:
                 for name in self.rl_strategies}
 
 
-def write_report(run_dir: Path, results: EnvResults, config_yaml: str, topic_names: Sequence[str] | None) -> None:
+def write_report(run_dir: Path, results: EnvResults, config_yaml: str, topic_names: Sequence[str] | None,
+                 item_space_file: Path) -> None:
     """Write the results folder but ``summary.md``: ``config.yaml``, the CSV files, ``plots/``,
-    ``checkpoints/`` and ``tensorboard/`` (see `summary_markdown` for the list)."""
+    ``checkpoints/``, ``tensorboard/`` and ``item_space.pt`` (the item space every checkpoint
+    was trained on, so a copied folder reloads on its own; see `summary_markdown`)."""
     (run_dir / "config.yaml").write_text(config_yaml)
+    shutil.copy2(item_space_file, run_dir / "item_space.pt")
     metrics, names = results.metrics, results.metric_names
     write_rows(run_dir / "metrics.csv", ["strategy", "seed", "metric", "value"],
                [(name, seed, m, float(metrics[name][seed][m]))
