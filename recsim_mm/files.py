@@ -59,20 +59,22 @@ def write_json(path: str | Path, data: Any) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def load_checkpoint(path: str | Path, expected_format: str, what: str = "checkpoint") -> dict:
+def load_checkpoint(path: str | Path, expected_format: str, what: str = "checkpoint",
+                    map_location: str | torch.device = "cpu") -> dict:
     """Read a ``.pt`` payload with ``weights_only=True`` and check its ``format`` tag.
 
     Args:
         path: the file.
         expected_format: the value its ``"format"`` entry must have.
         what: how errors name the file's kind (e.g. ``"agent checkpoint"``).
+        map_location: where tensors are loaded.
 
     Raises:
         ValueError: the file cannot be read, is not a mapping, or has another format;
             the message names the file and what was expected.
     """
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for a missing or damaged file
         raise ValueError(f"{path}: not a readable {what} ({type(exc).__name__}: {exc})") from exc
     if not isinstance(payload, dict) or payload.get("format") != expected_format:
