@@ -248,8 +248,8 @@ class ExperimentConfig:
         name: results go to ``<results_dir>/<name>-<timestamp>/``.
         seeds: one full replicate per seed (ranker, agents, held-out users).
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` for networks and simulators.
-        threads: torch CPU threads (0: torch's default). 1 by default: on a shared
-            2-core machine two threads measured ~10x slower under concurrent load.
+        threads: torch CPU threads; None (default): the machine's cores, at most 4
+            (`recsim_mm.device.default_torch_threads`); 0: torch's own default.
         results_dir: parent folder of the run folders.
         cache_dir: stage cache (default ``<results_dir>/.cache``): finished stages are
             reused, an interrupted agent resumes from its checkpoint.
@@ -263,7 +263,7 @@ class ExperimentConfig:
     name: str = "default"
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     device: str = "auto"
-    threads: int = 1
+    threads: int | None = None
     results_dir: str = "results"
     cache_dir: str | None = None
     progress: bool = True
@@ -543,7 +543,8 @@ def validate(config: ExperimentConfig) -> None:
     _require(len(c.seeds) >= 1 and all(s >= 0 for s in c.seeds), "seeds", c.seeds,
              "a non-empty list of integers >= 0")
     _require(len(set(c.seeds)) == len(c.seeds), "seeds", c.seeds, "distinct seeds")
-    _require(c.threads >= 0, "threads", c.threads, "an integer >= 0 (0: torch's default)")
+    _require(c.threads is None or c.threads >= 0, "threads", c.threads,
+             "null (from the machine), 0 (torch's default) or an integer >= 1")
     _require(len(c.agents) >= 1, "agents", c.agents, f"a non-empty list from {list(KNOWN_AGENTS)}")
     for name in c.agents:
         if name not in KNOWN_AGENTS:

@@ -32,6 +32,7 @@ import torch  # noqa: E402
 
 from agents.ecosystem_training import StayPolicy, run_episode, train_shared  # noqa: E402
 from envs.ecosystems import creators  # noqa: E402
+from recsim_mm.device import default_torch_threads  # noqa: E402
 from recsim_mm.pipeline import default_item_space  # noqa: E402
 
 METRICS = ("exposure_gini", "diversity", "spread", "welfare")
@@ -70,7 +71,7 @@ def summarise(histories: list) -> dict[str, dict]:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    torch.set_num_threads(1)  # the 2-core box is shared; 2 threads collapse under load
+    torch.set_num_threads(default_torch_threads())
     space = default_item_space(num_items=args.items)
     options = dict(
         item_space=space,

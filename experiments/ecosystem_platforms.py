@@ -43,6 +43,7 @@ from agents.ecosystem_training import (  # noqa: E402
     train_shared,
 )
 from envs.ecosystems import platforms  # noqa: E402
+from recsim_mm.device import default_torch_threads  # noqa: E402
 from recsim_mm.pipeline import default_item_space  # noqa: E402
 from recsim_mm.scorer import ScorerConfig  # noqa: E402
 
@@ -79,7 +80,7 @@ def summarise(histories: list) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    torch.set_num_threads(1)  # the 2-core box is shared; 2 threads collapse under load
+    torch.set_num_threads(default_torch_threads())
     space = default_item_space(num_items=args.items)
     options = dict(
         item_space=space,

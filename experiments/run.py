@@ -84,7 +84,7 @@ from experiments.config import (  # noqa: E402
     to_yaml,
 )
 from recsim_mm.catalog import Catalog, CatalogError, load_catalog  # noqa: E402
-from recsim_mm.device import resolve_device  # noqa: E402
+from recsim_mm.device import default_torch_threads, resolve_device  # noqa: E402
 from recsim_mm.encoders import ImageEncoder, TextEncoder  # noqa: E402
 from recsim_mm.files import source_hash, write_json  # noqa: E402
 from recsim_mm.item_space import ItemSpace  # noqa: E402
@@ -778,8 +778,9 @@ def main(argv: list[str] | None = None) -> Path:
     if os.getcwd() not in sys.path:  # users' own modules (user_model=my_users:MyUser), as with -m
         sys.path.insert(0, os.getcwd())
     config = load_config(argv or [])
-    if config.threads > 0:
-        torch.set_num_threads(config.threads)
+    threads = default_torch_threads() if config.threads is None else config.threads
+    if threads > 0:
+        torch.set_num_threads(threads)
     inputs = check_inputs(config)
     device = inputs["device"]
     runner = StageRunner(inputs["cache_dir"], Progress(config.progress))

