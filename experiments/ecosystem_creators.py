@@ -1,6 +1,6 @@
 """Creators ecosystem: fixed creators vs creators learning where to publish (shared-parameter PPO).
 
-    python experiments/ecosystem_creators.py [--steps 40000] [--out results/ecosystem_creators]
+    .venv/bin/python experiments/ecosystem_creators.py [--steps 40000] [--out results/ecosystem_creators]
 
 1. Fixed creators: every creator stays where it starts (`StayPolicy`).
 2. Learning creators: one PPO shared by all creators (SuperSuit parameter sharing,
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
     learned_runs = [run_episode(env, learned, seed=s) for s in eval_seeds]
 
     summary = {
-        "command": "python experiments/ecosystem_creators.py "
+        "command": ".venv/bin/python experiments/ecosystem_creators.py "
         + " ".join(sys.argv[1:] if argv is None else argv),
         "options": {k: v for k, v in vars(args).items() if k != "out"},
         "train_seconds": round(train_s, 1),

@@ -1,6 +1,6 @@
 """Competing platforms: who wins the users? Greedy vs random, and PPO platforms trained briefly.
 
-    python experiments/ecosystem_platforms.py [--steps 5000] [--out results/ecosystem_platforms]
+    .venv/bin/python experiments/ecosystem_platforms.py [--steps 5000] [--out results/ecosystem_platforms]
 
 1. Greedy vs random: platform_0 recommends the candidate of highest true affinity
    (privileged oracle), platform_1 at random. No training.
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
         runs["shared PPO (self-play) vs random"] = evaluate(shared)
 
     summary = {
-        "command": "python experiments/ecosystem_platforms.py "
+        "command": ".venv/bin/python experiments/ecosystem_platforms.py "
         + " ".join(sys.argv[1:] if argv is None else argv),
         "options": {k: v for k, v in vars(args).items() if k != "out"},
         "train_seconds": {k: round(v, 1) for k, v in timings.items()},

@@ -201,7 +201,7 @@ def summary_markdown(
             "`paired_comparison.csv`, `learning_curves.csv`",
             "- `plots/`: `metrics.png` (bars with 95% CIs), `learning_curves.png` (with the greedy "
             "level), `interest_trajectory.png` (one held-out user, greedy vs RL)",
-            f"- `tensorboard/`: `tensorboard --logdir {run_dir / 'tensorboard'}`",
+            f"- `tensorboard/`: `.venv/bin/tensorboard --logdir {run_dir / 'tensorboard'}`",
             "- `checkpoints/` and `item_space.pt` (what they were trained on: "
             "`Ranker.load(checkpoint, ItemSpace.load('item_space.pt'))`), `config.yaml` (re-run with "
             f"`.venv/bin/python experiments/run.py preset={run_dir / 'config.yaml'}`), `stages.json` "

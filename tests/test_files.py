@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recsim_mm.files import atomic_torch_save, atomic_write, load_checkpoint, source_hash, write_json
+from recsim_mm.files import (
+    atomic_torch_save,
+    atomic_write,
+    load_checkpoint,
+    source_hash,
+    write_json,
+)
 
 
 def test_a_write_that_fails_midway_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
