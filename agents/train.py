@@ -97,6 +97,24 @@ class AgentConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"AgentConfig.{name}={value!r}; expected an int >= 1")
+        for name in ("n_epochs", "buffer_size", "train_freq", "target_update_interval", "bc_epochs",
+                     "learning_starts", "gradient_steps"):
+            value, low = getattr(self, name), 0 if name in ("bc_epochs", "learning_starts") else 1
+            if not isinstance(value, int) or (value < low and not (name == "gradient_steps" and value == -1)):
+                raise ValueError(f"AgentConfig.{name}={value!r}; expected an int >= {low}"
+                                 + (" (or -1: as many as environment steps)" if name == "gradient_steps" else ""))
+        # Ranges SB3 does not check: out of them it trains silently wrong (or dies in torch).
+        ranges = {"learning_rate": (0.0, None, "> 0"), "bc_lr": (0.0, None, "> 0"),
+                  "clip_range": (0.0, None, "> 0"), "gamma": (0.0, 1.0, "in [0, 1]"),
+                  "gae_lambda": (0.0, 1.0, "in [0, 1]"), "exploration_fraction": (0.0, 1.0, "in [0, 1]"),
+                  "exploration_final_eps": (0.0, 1.0, "in [0, 1]"), "ent_coef": (0.0, None, ">= 0"),
+                  "kl_coef": (0.0, None, ">= 0")}
+        for name, (low, high, expected) in ranges.items():
+            value = getattr(self, name)
+            strict = expected == "> 0"
+            if (not isinstance(value, int | float) or isinstance(value, bool) or value < low
+                    or (strict and value == low) or (high is not None and value > high)):
+                raise ValueError(f"AgentConfig.{name}={value!r}; expected a number {expected}")
         if self.kl_coef and self.algo != "ppo":
             raise ValueError(f"AgentConfig.kl_coef={self.kl_coef} with algo={self.algo!r}: the KL penalty is for PPO")
         if self.bc_epochs and self.algo != "ppo":

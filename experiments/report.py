@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import csv
 import math
+import shutil
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -199,10 +201,106 @@ def summary_markdown(
             "`paired_comparison.csv`, `learning_curves.csv`",
             "- `plots/`: `metrics.png` (bars with 95% CIs), `learning_curves.png` (with the greedy "
             "level), `interest_trajectory.png` (one held-out user, greedy vs RL)",
-            f"- `tensorboard/`: `tensorboard --logdir {run_dir / 'tensorboard'}`",
-            "- `checkpoints/`, `config.yaml` (re-run with `python experiments/run.py "
-            f"preset={run_dir / 'config.yaml'}`), `stages.json` (which stages ran or were reused)", ""]
+            f"- `tensorboard/`: `.venv/bin/tensorboard --logdir {run_dir / 'tensorboard'}`",
+            "- `checkpoints/` and `item_space.pt` (what they were trained on: "
+            "`Ranker.load(checkpoint, ItemSpace.load('item_space.pt'))`), `config.yaml` (re-run with "
+            f"`.venv/bin/python experiments/run.py preset={run_dir / 'config.yaml'}`), `stages.json` "
+            "(which stages ran or were reused)",
+            "- compare with another results folder: `.venv/bin/python experiments/compare.py "
+            f"{run_dir} <other folder>`", ""]
     return "\n".join(out)
+
+
+# -- the results folder -----------------------------------------------------------------------
+
+
+@dataclass
+class EnvResults:
+    """What an experiment found on one environment; `write_report` turns it into files.
+
+    Attributes:
+        env_id: the environment's Gymnasium id.
+        strategies: strategy names in report order.
+        seeds: experiment seeds.
+        metrics: ``{strategy: {seed: {metric: value}}}`` on held-out users.
+        curve_levels: ``{strategy: {seed: episode return}}`` on the learning-curve users
+            (the reference level drawn into the curves).
+        rl_strategies: the RL strategies (``algo-start``), compared with the greedy ranker.
+        offline: the ranker's held-out offline metrics ``{modality: {seed: {metric: value}}}``.
+        curves: ``{strategy: {seed: [(step, episode return), ...]}}``.
+        traces: one held-out user's hidden state per strategy (see
+            `plot_interest_trajectory`), or None.
+        artifacts: ``{name: (checkpoint file, tensorboard folder)}`` copied into the
+            results folder as ``checkpoints/<name>.pt`` and ``tensorboard/<name>/``.
+    """
+
+    env_id: str
+    strategies: list[str]
+    seeds: list[int]
+    metrics: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
+    curve_levels: dict[str, dict[int, float]] = field(default_factory=dict)
+    rl_strategies: list[str] = field(default_factory=list)
+    offline: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
+    curves: dict[str, dict[int, list[tuple[int, float]]]] = field(default_factory=dict)
+    traces: dict[str, dict[str, np.ndarray]] | None = None
+    artifacts: dict[str, tuple[Path, Path]] = field(default_factory=dict)
+
+    @property
+    def metric_names(self) -> list[str]:
+        """The `METRICS` that some strategy reported, in table order."""
+        return [m for m in METRICS if any(m in v for per in self.metrics.values() for v in per.values())]
+
+    def comparisons(self) -> dict[str, dict[str, float]]:
+        """`paired_difference` of each RL strategy's episode return with the greedy ranker's."""
+        if "greedy" not in self.metrics:
+            return {}
+        greedy = [self.metrics["greedy"][s]["episode_return"] for s in self.seeds]
+        return {name: paired_difference([self.metrics[name][s]["episode_return"] for s in self.seeds], greedy)
+                for name in self.rl_strategies}
+
+
+def write_report(run_dir: Path, results: EnvResults, config_yaml: str, topic_names: Sequence[str] | None,
+                 item_space_file: Path) -> None:
+    """Write the results folder but ``summary.md``: ``config.yaml``, the CSV files, ``plots/``,
+    ``checkpoints/``, ``tensorboard/`` and ``item_space.pt`` (the item space every checkpoint
+    was trained on, so a copied folder reloads on its own; see `summary_markdown`)."""
+    (run_dir / "config.yaml").write_text(config_yaml)
+    shutil.copy2(item_space_file, run_dir / "item_space.pt")
+    metrics, names = results.metrics, results.metric_names
+    write_rows(run_dir / "metrics.csv", ["strategy", "seed", "metric", "value"],
+               [(name, seed, m, float(metrics[name][seed][m]))
+                for name in results.strategies for seed in results.seeds for m in names])
+    write_rows(run_dir / "ranker_metrics.csv", ["ranker", "seed", "metric", "value"],
+               [(mod, seed, m, float(v)) for mod, per in results.offline.items()
+                for seed, values in per.items() for m, v in values.items()])
+    if "greedy" in metrics:
+        write_rows(run_dir / "paired_comparison.csv",
+                   ["strategy", "baseline", "metric", "diff", "ci_low", "ci_high", "p_value", "wins", "n"],
+                   [(n, "greedy", "episode_return", c["diff"], c["ci_low"], c["ci_high"], c["p_value"],
+                     c["wins"], c["n"]) for n, c in results.comparisons().items()])
+    plots = run_dir / "plots"
+    plots.mkdir()
+    plot_metric_bars(metrics, plots / "metrics.png")
+    if results.curves:
+        level = mean_ci(list(results.curve_levels.get("greedy", {}).values()))[0]
+        plot_learning_curves(results.curves, level, plots / "learning_curves.png")
+        write_rows(run_dir / "learning_curves.csv", ["strategy", "seed", "step", "episode_return"],
+                   [(n, s, step, float(r)) for n, per in results.curves.items() for s, rows in per.items()
+                    for step, r in rows])
+    if results.traces:
+        plot_interest_trajectory(results.traces, topic_names, plots / "interest_trajectory.png")
+    (run_dir / "checkpoints").mkdir()
+    for name, (checkpoint, tensorboard) in results.artifacts.items():
+        shutil.copy2(checkpoint, run_dir / "checkpoints" / f"{name}.pt")
+        if tensorboard.is_dir():
+            shutil.copytree(tensorboard, run_dir / "tensorboard" / name)
+
+
+def write_summary(run_dir: Path, title: str, setting: str, results: EnvResults, ndcg_k: int) -> None:
+    """Write ``summary.md`` (`summary_markdown`) for ``results``."""
+    text = summary_markdown(title, setting, results.metrics, results.metric_names, results.comparisons(),
+                            results.offline, ndcg_k, results.env_id, run_dir)
+    (run_dir / "summary.md").write_text(text)
 
 
 # -- plots -----------------------------------------------------------------------------------
