@@ -301,15 +301,17 @@ class MultimodalUser(UserModel):
             v = v + cfg.interest_noise * noise / math.sqrt(width)
             return torch.nn.functional.normalize(v, dim=-1)
 
-        self.interest[rows] = torch.cat([part(centres_text), part(centres_image)], dim=1)
+        # index_copy_ / index_fill_: one kernel each (indexed assignment dispatches far more).
+        interest = torch.cat([part(centres_text), part(centres_image)], dim=1)
+        self.interest.index_copy_(0, rows, interest)
         a, b = cfg.modality_beta
-        self.modality_weight[rows] = sample_beta(a, b, r, generator, dev)
-        self._weighted[rows] = self.interest[rows] * self._column_weights(rows)
-        self.satiation[rows] = 0
+        self.modality_weight.index_copy_(0, rows, sample_beta(a, b, r, generator, dev))
+        self._weighted.index_copy_(0, rows, interest * self._column_weights(rows))
+        self.satiation.index_fill_(0, rows, 0)
         spread = 2 * torch.rand(r, generator=generator, device=dev) - 1
-        self.budget[rows] = cfg.time_budget * (1 + cfg.time_budget_spread * spread)
-        self.disappointments[rows] = 0
-        self.left[rows] = False
+        self.budget.index_copy_(0, rows, cfg.time_budget * (1 + cfg.time_budget_spread * spread))
+        self.disappointments.index_fill_(0, rows, 0)
+        self.left.index_fill_(0, rows, False)
 
     def _column_weights(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """``(R, d)``: ``a`` on the text columns, ``1 - a`` on the image columns."""
