@@ -157,7 +157,8 @@ class RecVectorEnv(VectorEnv):
             "clicked_item": out.clicked_item.cpu().numpy(),
         }
         if sim.track_truth:
-            info["true_affinity"] = out.true_affinity.cpu().numpy().copy()
+            # A fresh tensor per step that the core never writes again: no copy.
+            info["true_affinity"] = out.true_affinity.cpu().numpy()
         valid = self._all_valid
         if mode == AutoresetMode.NEXT_STEP:
             restart = self._autoreset
