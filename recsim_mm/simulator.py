@@ -375,6 +375,36 @@ class Simulator:
             obs["user_features"] = self.users.features()
         return obs
 
+    def observation_rows(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Fresh numpy arrays of the current observation of ``rows`` only (``(R,)`` int64).
+
+        Same keys as `observation`, leading dim ``R``; what a vector env keeps of the
+        users whose episode just ended, without gathering everyone's vectors.
+        """
+        index = torch.as_tensor(rows, dtype=torch.long, device=self.device)
+        window = slice(self._start, self._start + self.history_length)
+        feedback = self._hist_feedback.index_select(0, index)[:, window]
+        if self.obs_mode == "embeddings":
+            assert self._vector_table is not None and self._hist_rows is not None
+            d = self.item_space.dim
+            history_rows = self._hist_rows.index_select(0, index)[:, window].reshape(-1)
+            history = self._vector_table.index_select(0, history_rows).view(len(rows), self.history_length, d)
+            candidates = self._fused.index_select(0, self.candidates.index_select(0, index).view(-1))
+            candidates = candidates.view(len(rows), self.num_candidates, d)
+        else:
+            history = self._hist_items.index_select(0, index)[:, window]
+            candidates = self.candidates.index_select(0, index)
+        obs = {
+            "history_items": history,
+            "history_feedback": feedback[..., :2],
+            "history_mask": feedback[..., 2],
+            "candidate_items": candidates,
+            "time_left": self.users.time_left().index_select(0, index).unsqueeze(1),
+        }
+        if self.num_features:
+            obs["user_features"] = self.users.features().index_select(0, index)
+        return {key: np.array(value.cpu().numpy()) for key, value in obs.items()}
+
     def observation_arrays(self, copy: bool = True) -> dict[str, np.ndarray]:
         """The current observation as numpy arrays (same keys and shapes as `observation`).
 
