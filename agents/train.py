@@ -171,7 +171,10 @@ def build_agent(
             d_text=item_space.d_text, d_image=item_space.d_image, **config.scorer
         ).to_dict()
     device = resolve_device(config.device)
-    policy_kwargs = dict(scorer_config=scorer_config, item_table=item_space.fused.cpu())
+    # foreach: Adam's multi-tensor update, one op per step for all ~60 parameter tensors
+    # instead of a Python loop over them (SB3's default on CPU is the loop)
+    policy_kwargs = dict(scorer_config=scorer_config, item_table=item_space.fused.cpu(),
+                         optimizer_kwargs=dict(foreach=True))
     common = dict(
         learning_rate=config.learning_rate,
         gamma=config.gamma,
@@ -452,7 +455,16 @@ def train_agent(
             raise ValueError(f"AgentConfig.bc_epochs={config.bc_epochs} needs bc_log= (an InteractionLog)")
         behaviour_clone(model.policy.scorer, bc_log, config.bc_epochs, config.bc_lr, seed=config.seed)
     if payload is not None:
-        model.policy.load_state_dict(payload["policy"])
+        try:
+            model.policy.load_state_dict(payload["policy"])
+        except RuntimeError as exc:
+            # same AgentConfig, other scorer architecture: a checkpoint from before a
+            # ScorerConfig field was added (e.g. history_decays)
+            raise ValueError(
+                f"{checkpoint}: the policy weights do not fit this version's scorer "
+                f"architecture {model.policy.scorer.config} (written by an older version?); "
+                f"use a new run directory ({exc})"
+            ) from exc
         model.policy.optimizer.load_state_dict(payload["optimizer"])
         model.num_timesteps = resumed_from = payload["num_timesteps"]
         model._n_updates = payload["n_updates"]

@@ -26,7 +26,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -227,6 +227,15 @@ class Ranker:
                 f"{path}: checkpoint was trained on item space {payload['item_space_fingerprint']} "
                 f"({payload['num_items']} items), but the given item space is {fingerprint} "
                 f"({item_space.num_items} items); scores would refer to different items"
+            )
+        missing = sorted({f.name for f in fields(ScorerConfig)} - set(payload["scorer_config"]))
+        if missing:
+            # a field added since the file was written (e.g. history_decays): its default
+            # would build an architecture the stored weights do not fit
+            raise ValueError(
+                f"{path}: checkpoint written by an older version; its scorer config lacks "
+                f"ScorerConfig field(s) {missing}, so its weights do not fit this version's "
+                "architecture: retrain the ranker"
             )
         try:
             config = ScorerConfig.from_dict(payload["scorer_config"])

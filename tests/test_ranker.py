@@ -129,6 +129,15 @@ def test_checkpoint_with_another_architecture_is_refused(trained, space, tmp_pat
         ranker.warm_start(Scorer(dataclasses.replace(ranker.config, modality="text")))
 
 
+def test_checkpoint_from_before_history_decays_is_refused_naming_the_field(trained, space, tmp_path):
+    trained["fused"].ranker.save(tmp_path / "ranker.pt")
+    payload = torch.load(tmp_path / "ranker.pt", weights_only=True)
+    del payload["scorer_config"]["history_decays"]  # as written before the field existed
+    torch.save(payload, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match=r"old.pt: checkpoint written by an older version.*\['history_decays'\]"):
+        Ranker.load(tmp_path / "old.pt", space)
+
+
 def test_training_on_a_log_of_another_item_space_is_refused(logs):
     other = ItemSpace.random(600, d_text=32, d_image=32, seed=5)
     with pytest.raises(ValueError, match="different item space"):
