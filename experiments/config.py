@@ -43,11 +43,16 @@ from recsim_mm.synthetic import TOPICS
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
-#: Strategies an experiment can compare: baselines (no training), the greedy ranker,
-#: and the RL agents (trained per seed; warm and/or cold start).
-BASELINE_AGENTS = ("random", "popular", "oracle", "linucb")
+#: Strategies an experiment can compare: baselines (no training), the greedy ranker and
+#: its MMR re-ranking, the privileged references, and the RL agents (trained per seed;
+#: warm and/or cold start).
+BASELINE_AGENTS = ("random", "popular", "longest", "oracle", "linucb")
+RANKER_AGENTS = ("greedy", "mmr")
+REFERENCE_AGENTS = ("myopic_oracle", "planning")
 RL_AGENTS = ("ppo", "dqn")
-KNOWN_AGENTS = (*BASELINE_AGENTS, "greedy", *RL_AGENTS)
+KNOWN_AGENTS = (*BASELINE_AGENTS, *RANKER_AGENTS, *REFERENCE_AGENTS, *RL_AGENTS)
+#: The default experiment's environments (`make run`): the long-term-effects suite.
+SUITE = ("recsim_mm/InterestEvolution-v0", "recsim_mm/Satiation-v0", "recsim_mm/Myopic-v0")
 LOGGING_POLICIES = ("production", "uniform", "popularity")
 
 
@@ -103,7 +108,8 @@ class EnvConfig:
 
     Attributes:
         id: a registered id (``recsim_mm/InterestEvolution-v0``, ``Satiation-v0``,
-            ``Myopic-v0``, their ``...Slate-v0`` forms).
+            ``Myopic-v0``, their ``...Slate-v0`` forms), or a list of them: a suite,
+            every strategy run on each (the item space is shared).
         num_candidates: ``K`` candidates per step.
         history_length: ``H`` past steps in the observation.
         max_steps: episode truncation length.
@@ -112,7 +118,7 @@ class EnvConfig:
         obs_mode: ``"ids"`` (item rows; policies hold the item table) or ``"embeddings"``.
     """
 
-    id: str = "recsim_mm/InterestEvolution-v0"
+    id: str | list[str] = "recsim_mm/InterestEvolution-v0"
     num_candidates: int = 20
     history_length: int = 10
     max_steps: int = 50
@@ -127,7 +133,10 @@ class LoggingConfig:
     Attributes:
         policy: logging policy, ``"production"`` (softmax over noisy true affinity),
             ``"uniform"`` or ``"popularity"`` (item quality as popularity).
-        epsilon: share of uniformly random slates mixed in (exploration).
+        epsilon: share of uniformly random slates mixed in (exploration). Default 0.5:
+            the production policy alone shows only items the user likes, so in its logs
+            a skipped item still signals interest and a ranker learns the wrong sign for
+            "similar to a skipped item"; half uniform slates make skips mean what they mean.
         noise_std, temperature: the production policy's noise and softmax temperature.
         num_users: logged training sessions.
         test_users: logged held-out sessions for the ranker's offline metrics.
@@ -135,7 +144,7 @@ class LoggingConfig:
     """
 
     policy: str = "production"
-    epsilon: float = 0.1
+    epsilon: float = 0.5
     noise_std: float = 0.3
     temperature: float = 0.2
     num_users: int = 2000
@@ -230,6 +239,9 @@ class EvalConfig:
         curve_seed_offset: env seed of the learning-curve users (``+ s``), distinct
             from the test users.
         trace_users: held-out users whose hidden state is traced for the interest plot.
+        tune_users: training users on which the planning reference's horizon and MMR's
+            diversity are tuned (env seed ``tune_seed_offset`` [+ s for MMR]).
+        tune_seed_offset: env seed of the tuning users, distinct from the test users.
     """
 
     num_users: int = 500
@@ -238,6 +250,8 @@ class EvalConfig:
     curve_every: int = 10_000
     curve_seed_offset: int = 2_000_000_000
     trace_users: int = 4
+    tune_users: int = 200
+    tune_seed_offset: int = 500_000_000
 
 
 @dataclass
@@ -270,7 +284,7 @@ class ExperimentConfig:
     user_model: str | None = None
     user_params: dict[str, Any] = field(default_factory=dict)
     agents: list[str] = field(
-        default_factory=lambda: ["random", "popular", "oracle", "linucb", "greedy", "ppo", "dqn"]
+        default_factory=lambda: ["random", "popular", "longest", "greedy", "mmr", "ppo", "myopic_oracle", "planning"]
     )
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
     encoders: EncoderConfig = field(default_factory=EncoderConfig)
@@ -562,7 +576,7 @@ def validate(config: ExperimentConfig) -> None:
         value = _get(c, key)
         _require(value >= 1, key, value, "an integer >= 1")
     for key in ("eval.curve_users", "eval.curve_every", "eval.trace_users", "eval.seed_offset",
-                "eval.curve_seed_offset", "logging.seed", "catalog.seed"):
+                "eval.curve_seed_offset", "eval.tune_users", "eval.tune_seed_offset", "logging.seed", "catalog.seed"):
         value = _get(c, key)
         _require(value >= 0, key, value, "an integer >= 0")
     _require(2 <= c.catalog.num_topics <= len(TOPICS), "catalog.num_topics", c.catalog.num_topics,
@@ -571,6 +585,8 @@ def validate(config: ExperimentConfig) -> None:
              "an integer in [32, 512] (pixels)")
     _require(c.encoders.image_size is None or 32 <= c.encoders.image_size <= 1024, "encoders.image_size",
              c.encoders.image_size, "null (the CNN's native size) or an integer in [32, 1024] (pixels)")
+    ids = env_ids(c)
+    _require(len(ids) >= 1 and len(set(ids)) == len(ids), "env.id", c.env.id, "an id or a non-empty list of distinct ids")
     _require(c.env.reward in REWARDS, "env.reward", c.env.reward, f"one of {list(REWARDS)}")
     _require(c.env.obs_mode in OBS_MODES, "env.obs_mode", c.env.obs_mode, f"one of {list(OBS_MODES)}")
     _require(c.logging.policy in LOGGING_POLICIES, "logging.policy", c.logging.policy,
@@ -606,3 +622,8 @@ def to_dict(config: ExperimentConfig) -> dict:
 def to_yaml(config: ExperimentConfig) -> str:
     """The resolved config as YAML that `load_config` reads back (keys in schema order)."""
     return yaml.safe_dump(to_dict(config), sort_keys=False, default_flow_style=None)
+
+
+def env_ids(config: ExperimentConfig) -> list[str]:
+    """The experiment's environments: ``env.id`` as a list (one id, or a suite)."""
+    return [config.env.id] if isinstance(config.env.id, str) else list(config.env.id)

@@ -57,9 +57,10 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import envs  # noqa: E402,F401  (registers the recsim_mm/ ids)
-from agents.baselines import PopularRecommender, make_baseline  # noqa: E402
+from agents.baselines import MMRRecommender, PopularRecommender, make_baseline  # noqa: E402
 from agents.callbacks import LearningCurveCallback, ProgressCallback  # noqa: E402
 from agents.evaluation import evaluate_policy  # noqa: E402
+from agents.references import MyopicOracle, PlanningReference, tune_planning_horizon  # noqa: E402
 from agents.tracing import trace_hidden_state  # noqa: E402
 from agents.train import (  # noqa: E402
     AgentConfig,
@@ -73,10 +74,13 @@ from envs.vector_env import RecVectorEnv  # noqa: E402
 from experiments import report  # noqa: E402
 from experiments.config import (  # noqa: E402
     BASELINE_AGENTS,
+    RANKER_AGENTS,
+    REFERENCE_AGENTS,
     RL_AGENTS,
     ConfigError,
     ExperimentConfig,
     agent_config,
+    env_ids,
     help_text,
     load_config,
     ranker_train_config,
@@ -258,13 +262,14 @@ def check_writable(folder: Path, key: str) -> None:
         raise ConfigError(f"config key {key!r}: folder {str(folder)!r} is not writable ({exc})") from None
 
 
-def environment_setup(config: ExperimentConfig, device: torch.device) -> EnvSetup:
-    """The `EnvSetup` of ``env.id``: its registered options (user model, slate size), then the config's."""
+def environment_setup(config: ExperimentConfig, device: torch.device, env_id: str) -> EnvSetup:
+    """The `EnvSetup` of ``env_id`` (one of ``env.id``): its registered options (user model,
+    slate size), then the config's."""
     try:
-        spec = gymnasium.spec(config.env.id)
+        spec = gymnasium.spec(env_id)
     except gymnasium.error.Error as exc:
         ids = sorted(i for i in gymnasium.registry if i.startswith("recsim_mm/"))
-        raise ConfigError(f"config key 'env.id': unknown environment {config.env.id!r} ({exc}); "
+        raise ConfigError(f"config key 'env.id': unknown environment {env_id!r} ({exc}); "
                           f"registered ids: {ids}") from None
     options = dict(spec.kwargs)
     options.update(
@@ -279,7 +284,7 @@ def environment_setup(config: ExperimentConfig, device: torch.device) -> EnvSetu
         options["user_model"] = config.user_model
     if config.user_params:
         options["user_params"] = dict(config.user_params)
-    return EnvSetup(config.env.id, options)
+    return EnvSetup(env_id, options)
 
 
 def rl_runs(config: ExperimentConfig) -> list[tuple[str, str]]:
@@ -294,13 +299,16 @@ def rl_runs(config: ExperimentConfig) -> list[tuple[str, str]]:
 
 
 def strategies_of(config: ExperimentConfig) -> list[str]:
-    """Strategy names in report order: baselines, the greedy ranker (the reference every
-    RL agent is compared with, added when an RL agent is asked for), then ``algo-start``."""
+    """Strategy names in report order: baselines, the greedy ranker (the expected-reward
+    baseline every other strategy is compared with, added when an RL agent or MMR is asked
+    for) and MMR, then ``algo-start``, then the privileged references."""
     rl = rl_runs(config)
-    names = [a for a in config.agents if a in BASELINE_AGENTS or a == "greedy"]
-    if rl and "greedy" not in names:
+    names = [a for a in config.agents if a in BASELINE_AGENTS]
+    if "greedy" in config.agents or "mmr" in config.agents or rl:
         names.append("greedy")
-    return names + [f"{algo}-{start}" for algo, start in rl]
+    names += [a for a in config.agents if a == "mmr"]
+    names += [f"{algo}-{start}" for algo, start in rl]
+    return names + [a for a in config.agents if a in REFERENCE_AGENTS]
 
 
 def check_held_out_seeds(config: ExperimentConfig) -> None:
@@ -323,6 +331,10 @@ def check_held_out_seeds(config: ExperimentConfig) -> None:
     if tests & curves:
         raise ConfigError("config keys 'eval.seed_offset' and 'eval.curve_seed_offset' give the same "
                           f"env seeds {sorted(tests & curves)}; the test users must be their own")
+    tuning = {config.eval.tune_seed_offset + s for s in [0, *config.seeds]}
+    if tests & tuning:
+        raise ConfigError("config keys 'eval.seed_offset' and 'eval.tune_seed_offset' give the same "
+                          f"env seeds {sorted(tests & tuning)}; nothing may be tuned on the test users")
 
 
 def check_encoders(config: ExperimentConfig, device: torch.device) -> tuple[TextEncoder, ImageEncoder]:
@@ -356,15 +368,16 @@ def check_inputs(config: ExperimentConfig) -> dict[str, Any]:
         device = resolve_device(config.device)
     except ValueError as exc:
         raise ConfigError(f"config key 'device': {exc}") from None
-    env = environment_setup(config, device)
+    envs = [environment_setup(config, device, env_id) for env_id in env_ids(config)]
     rl = [a for a in config.agents if a in RL_AGENTS]
-    if rl and env.slate_size is not None:
-        raise ConfigError(f"config key 'agents': {rl} recommend one item per step, but env.id="
-                          f"{config.env.id!r} asks for slates; use a non-Slate id or drop them")
-    try:
-        resolve_user_model(env.options["user_model"])
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"config key 'user_model': {exc}") from None
+    for env in envs:
+        if rl and env.slate_size is not None:
+            raise ConfigError(f"config key 'agents': {rl} recommend one item per step, but env.id "
+                              f"{env.id!r} asks for slates; use a non-Slate id or drop them")
+        try:
+            resolve_user_model(env.options["user_model"])
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"config key 'user_model': {exc}") from None
     text_encoder, image_encoder = check_encoders(config, device)
     catalog = None
     if config.catalog.path is not None:
@@ -383,7 +396,7 @@ def check_inputs(config: ExperimentConfig) -> dict[str, Any]:
     cache_dir = Path(config.cache_dir) if config.cache_dir is not None else results_dir / ".cache"
     check_writable(results_dir, "results_dir")
     check_writable(cache_dir, "cache_dir" if config.cache_dir is not None else "results_dir")
-    return {"device": device, "envs": [env], "text_encoder": text_encoder, "image_encoder": image_encoder,
+    return {"device": device, "envs": envs, "text_encoder": text_encoder, "image_encoder": image_encoder,
             "catalog": catalog, "cache_dir": cache_dir, "results_dir": results_dir}
 
 
@@ -466,7 +479,8 @@ def train_agent_unit(folder: Path, agent: AgentConfig, env: EnvSetup, item_space
 @dataclass
 class PolicySpec:
     """How to build one strategy's policy for seed ``seed``: a baseline by ``name`` (with
-    the ``ranker`` and ``popularity`` it may need), or an RL agent from ``checkpoint``."""
+    the ``ranker`` and ``popularity`` it may need, MMR's tuned ``diversity``), a privileged
+    reference (the planning reference's tuned ``horizon``), or an RL agent from ``checkpoint``."""
 
     name: str
     seed: int
@@ -474,13 +488,24 @@ class PolicySpec:
     popularity: np.ndarray | None = None
     agent: AgentConfig | None = None
     checkpoint: Path | None = None
+    diversity: float = 0.0
+    horizon: float = 0.0
 
 
 def build_policy(spec: PolicySpec, env: EnvSetup, item_space: ItemSpace) -> Any:
-    """The policy ``spec`` describes (anything with SB3's ``predict``)."""
+    """The policy ``spec`` describes (anything with SB3's ``predict``). Every ranker-based
+    baseline ranks by the environment's own reward (expected minutes or click probability)."""
+    reward = env.options["reward"]
+    if spec.name == "myopic_oracle":
+        return MyopicOracle(reward, env.slate_size, seed=spec.seed)
+    if spec.name == "planning":
+        return PlanningReference(spec.horizon, reward, env.slate_size, seed=spec.seed)
+    if spec.name == "mmr":
+        return MMRRecommender(spec.ranker.policy(objective=reward), item_space.fused, spec.diversity,
+                              slate_size=env.slate_size, seed=spec.seed)
     if spec.agent is None:
-        return make_baseline(spec.name, item_space.fused, popularity=spec.popularity, ranker=spec.ranker,
-                             slate_size=env.slate_size, seed=spec.seed)
+        return make_baseline(spec.name, item_space.fused, popularity=spec.popularity, duration=item_space.duration,
+                             ranker=spec.ranker, objective=reward, slate_size=env.slate_size, seed=spec.seed)
     venv = make_env(spec.agent, env.id, {**env.options, "item_space": item_space})
     model = build_agent(spec.agent, venv, item_space)
     model.policy.load_state_dict(load_agent_checkpoint(spec.checkpoint, spec.agent, item_space)["policy"])
@@ -536,12 +561,81 @@ def item_space_stage(runner: StageRunner, config: ExperimentConfig, inputs: dict
 
 
 def check_user_model(config: ExperimentConfig, env: EnvSetup, item_space: ItemSpace) -> None:
-    """The user model's parameters, which can only be checked against a real item space."""
+    """The user model's parameters, which can only be checked against a real item space,
+    and, when references are asked for, its privileged one-step model."""
     try:
-        env.vector_env(1, item_space, device="cpu")
+        venv = env.vector_env(1, item_space, device="cpu")
     except (ValueError, TypeError) as exc:
         key = "user_params" if config.user_params else "user_model"
         raise ConfigError(f"config key {key!r}: {exc}") from None
+    references = [a for a in config.agents if a in REFERENCE_AGENTS]
+    if references:
+        venv.reset(seed=0)
+        sim = venv.simulator
+        try:
+            sim.users.expected_outcomes(sim.candidates)
+        except NotImplementedError as exc:
+            raise ConfigError(f"config key 'agents': {references} need the user model's expected_outcomes "
+                              f"({exc}); drop them from 'agents' for this user model") from None
+
+
+# -- tuning on training users (never the held-out users) --------------------------------------
+
+#: MMR diversity weights tried on training users (0 is the greedy ranker itself).
+MMR_DIVERSITIES = (0.0, 0.1, 0.2, 0.4, 0.8)
+
+
+def tune_unit(kind: str, env: EnvSetup, item_space: ItemSpace, num_users: int, seed: int,
+              ranker: Ranker | None = None) -> dict:
+    """Tune the planning reference's horizon (``kind="planning"``) or MMR's diversity
+    (``kind="mmr"``, over ``ranker``) on ``num_users`` training users of env seed ``seed``.
+
+    Returns:
+        ``{"best": value, "tried": {value: mean episode return}}``.
+    """
+    venv = env.vector_env(num_users, item_space)
+
+    def mean_return(policy) -> float:
+        return evaluate_policy(policy, venv, seed=seed, item_table=item_space.fused).summary()["episode_return"]
+
+    reward = env.options["reward"]
+    if kind == "planning":
+        best, tried = tune_planning_horizon(mean_return, reward, slate_size=env.slate_size)
+    else:
+        greedy = ranker.policy(objective=reward)
+        tried = {d: mean_return(MMRRecommender(greedy, item_space.fused, d, slate_size=env.slate_size))
+                 for d in MMR_DIVERSITIES}
+        best = max(tried, key=lambda d: (tried[d], -d))
+    return {"best": float(best), "tried": {str(k): float(v) for k, v in tried.items()}}
+
+
+def tuning_stage(runner: StageRunner, config: ExperimentConfig, env: EnvSetup, items: Stage,
+                 item_space: ItemSpace, rankers: Rankers, device: torch.device) -> dict[tuple[str, int], float]:
+    """The planning horizon (once per environment: it uses the true model) and MMR's
+    diversity (per seed: it uses that seed's ranker), each tuned on training users.
+
+    Returns:
+        ``{("planning", 0): horizon, ("mmr", seed): diversity, ...}`` for what ``agents`` asks for.
+    """
+    units = []
+    if "planning" in config.agents:
+        units.append(("planning", 0, None))
+    if "mmr" in config.agents:
+        units += [("mmr", seed, rankers.stages[("fused", seed)].key) for seed in config.seeds]
+    tuned = {}
+    for kind, seed, ranker_key in units:
+        stage = runner.stage("tune", ("recsim_mm", "envs", "agents"), kind=kind, env=env.key, items=items.key,
+                             ranker=ranker_key, users=config.eval.tune_users,
+                             seed=config.eval.tune_seed_offset + seed, device=device.type)
+        info = runner.run(stage, lambda folder, kind=kind, seed=seed: tune_unit(
+            kind, env, item_space, config.eval.tune_users, config.eval.tune_seed_offset + seed,
+            rankers.fused.get(seed)), strategy=kind, seed=seed)
+        tuned[(kind, seed)] = info["best"]
+    if tuned:
+        print("      tuned on training users: " + ", ".join(
+            f"{kind} {'horizon' if kind == 'planning' else f'diversity (seed {seed})'} {value:g}"
+            for (kind, seed), value in tuned.items()), flush=True)
+    return tuned
 
 
 @dataclass
@@ -586,7 +680,7 @@ class Rankers:
 def rankers_stage(runner: StageRunner, config: ExperimentConfig, logs: Logs, item_space: ItemSpace,
                   device: torch.device) -> Rankers:
     """Stage 3: the supervised ranker per seed (+ text-only / image-only ablations)."""
-    needed = "greedy" in config.agents or bool(rl_runs(config))
+    needed = any(a in config.agents for a in RANKER_AGENTS) or bool(rl_runs(config))
     modalities = ["fused", "text", "image"] if config.ranker.ablations else ["fused"]
     stages = {(m, s): runner.stage("ranker", ("recsim_mm",), logs=logs.stage.key, seed=s, modality=m,
                                    scorer=dataclasses.asdict(config.scorer),
@@ -661,23 +755,29 @@ def agents_stage(runner: StageRunner, config: ExperimentConfig, env: EnvSetup, i
 
 
 def policy_spec(name: str, seed: int, logs: Logs, rankers: Rankers,
-                agents: dict[tuple[str, int], AgentRun]) -> PolicySpec:
+                agents: dict[tuple[str, int], AgentRun], tuned: dict[tuple[str, int], float]) -> PolicySpec:
     """The `PolicySpec` of strategy ``name`` for ``seed``."""
     if (name, seed) in agents:
         run = agents[(name, seed)]
         return PolicySpec(name, seed, agent=run.config, checkpoint=run.stage.dir / "checkpoint.pt")
-    return PolicySpec(name, seed, ranker=rankers.fused.get(seed), popularity=logs.popularity)
+    return PolicySpec(name, seed, ranker=rankers.fused.get(seed), popularity=logs.popularity,
+                      diversity=tuned.get(("mmr", seed), 0.0), horizon=tuned.get(("planning", 0), 0.0))
 
 
 def evaluation_stage(runner: StageRunner, config: ExperimentConfig, env: EnvSetup, items: Stage,
                      item_space: ItemSpace, logs: Logs, rankers: Rankers,
-                     agents: dict[tuple[str, int], AgentRun], device: torch.device) -> report.EnvResults:
+                     agents: dict[tuple[str, int], AgentRun], tuned: dict[tuple[str, int], float],
+                     device: torch.device) -> report.EnvResults:
     """Stage 5: every strategy on the same ``eval.num_users`` held-out users of each seed."""
     def source(name: str, seed: int) -> str:  # the upstream result a strategy depends on
         if (name, seed) in agents:
             return agents[(name, seed)].stage.key
         if name == "greedy":
             return rankers.stages[("fused", seed)].key
+        if name == "mmr":
+            return f"{rankers.stages[('fused', seed)].key}:{tuned[('mmr', seed)]}"
+        if name == "planning":
+            return f"planning:{tuned[('planning', 0)]}"
         return logs.stage.key if name == "popular" else name
 
     strategies = strategies_of(config)
@@ -697,7 +797,7 @@ def evaluation_stage(runner: StageRunner, config: ExperimentConfig, env: EnvSetu
             curve = None
             if name == "greedy" and config.eval.curve_users and config.eval.curve_every:
                 curve = (config.eval.curve_users, config.eval.curve_seed_offset + seed)
-            info = evaluate_unit(policy_spec(name, seed, logs, rankers, agents), env, item_space,
+            info = evaluate_unit(policy_spec(name, seed, logs, rankers, agents, tuned), env, item_space,
                                  config.eval.num_users, config.eval.seed_offset + seed, logs.popularity, curve)
             bar.update(1)
             return info
@@ -718,11 +818,12 @@ def hidden_state_traces(config: ExperimentConfig, env: EnvSetup, item_space: Ite
     """One held-out user's hidden state under the greedy ranker and each RL agent (seed
     ``seeds[0]``): the user with the longest sessions, the same user under every strategy."""
     rl = [name for name, _ in agents]
-    traced = ["greedy", *dict.fromkeys(rl)] if rl else [n for n in strategies_of(config) if n != "oracle"][:2]
+    traced = ["greedy", *dict.fromkeys(rl)] if rl else [n for n in strategies_of(config)
+                                                        if n not in ("oracle", "mmr", *REFERENCE_AGENTS)][:2]
     if not (config.eval.trace_users and traced):
         return None
     seed = config.seeds[0]
-    traces = {name: trace_hidden_state(build_policy(policy_spec(name, seed, logs, rankers, agents), env, item_space),
+    traces = {name: trace_hidden_state(build_policy(policy_spec(name, seed, logs, rankers, agents, {}), env, item_space),
                                        env.options, item_space, config.eval.seed_offset + seed,
                                        config.eval.trace_users)
               for name in traced}
@@ -737,7 +838,10 @@ def run_environment(runner: StageRunner, config: ExperimentConfig, env: EnvSetup
     logs = logs_stage(runner, config, env, items, item_space, device)
     rankers = rankers_stage(runner, config, logs, item_space, device)
     agents = agents_stage(runner, config, env, items, item_space, rankers, device)
-    results = evaluation_stage(runner, config, env, items, item_space, logs, rankers, agents, device)
+    tuned = tuning_stage(runner, config, env, items, item_space, rankers, device)
+    results = evaluation_stage(runner, config, env, items, item_space, logs, rankers, agents, tuned, device)
+    results.tuned = {f"{kind}" if kind == "planning" else f"{kind}-seed{seed}": value
+                     for (kind, seed), value in tuned.items()}
     results.rl_strategies = list(dict.fromkeys(name for name, _ in agents))
     results.offline = rankers.offline
     for (name, seed), run in agents.items():
@@ -789,28 +893,36 @@ def main(argv: list[str] | None = None) -> Path:
     items, item_space = item_space_stage(runner, config, inputs)
     for env in inputs["envs"]:
         check_user_model(config, env, item_space)
-    (results,) = [run_environment(runner, config, env, items, item_space, device) for env in inputs["envs"]]
+    suite = len(inputs["envs"]) > 1
+    results = {}
+    for env in inputs["envs"]:
+        if suite:
+            print(f"== environment {env.id}", flush=True)
+        results[env.id] = run_environment(runner, config, env, items, item_space, device)
 
     run_dir = new_run_folder(inputs["results_dir"], config.name, started_at)
     runner.progress.stage(6, "report", str(run_dir))
     topic_names = None
     if config.catalog.path is None and item_space.topics is not None and item_space.topics.shape[1] <= len(TOPICS):
         topic_names = [TOPICS[t].name for t in range(item_space.topics.shape[1])]
-    report.write_report(run_dir, results, to_yaml(config), topic_names, items.dir / "item_space.pt")
+    sections = []
+    for env in inputs["envs"]:
+        folder = run_dir / env.id.split("/")[-1] if suite else run_dir
+        folder.mkdir(exist_ok=True)
+        report.write_report(folder, results[env.id], to_yaml(config), topic_names, items.dir / "item_space.pt")
+        user_model = f"`{env.options['user_model']}`" + (f" {config.user_params}" if config.user_params else "")
+        sections.append((env.id, user_model, folder))
     wall = time.perf_counter() - t0
     write_json(run_dir / "stages.json", runner.progress.records)
-    env = inputs["envs"][0]
-    user_model = f"`{env.options['user_model']}`" + (f" {config.user_params}" if config.user_params else "")
-    setting = (f"User model: {user_model}; catalog: {item_space.num_items} items "
-               f"({config.catalog.path or 'synthetic'}); seeds {config.seeds}; {config.eval.num_users} held-out "
-               f"users per seed (env seed {config.eval.seed_offset} + seed, never used in training); "
-               f"device {device}; wall time {wall / 60:.1f} min.")
-    report.write_summary(run_dir, f"{config.name}: supervised ranker vs RL on `{env.id}`", setting, results,
-                         config.ranker.ndcg_k)
+    setting = (f"Catalog: {item_space.num_items} items ({config.catalog.path or 'synthetic'}); seeds {config.seeds}; "
+               f"{config.eval.num_users} held-out users per seed and environment (env seed {config.eval.seed_offset}"
+               f" + seed, never used in training or tuning); reward `{config.env.reward}`; device {device}; "
+               f"wall time {wall / 60:.1f} min.")
+    report.write_summary(run_dir, config.name, setting, results, sections, config.ranker.ndcg_k)
     computed = sum(r["status"] != "cached" for r in runner.progress.records)
     print(f"done in {wall / 60:.1f} min ({computed} stage units computed, "
           f"{len(runner.progress.records) - computed} reused); results: {run_dir}", flush=True)
-    print(report.comparison_table(results.metrics, ["episode_return", "ctr", "session_length"]), flush=True)
+    print(report.suite_table(results), flush=True)
     return run_dir
 
 
