@@ -46,7 +46,8 @@ ALTERNATIVES = {
 
 
 def measure(algo: str, steps: int, device: str, overrides: dict, scorer: dict, obs_mode: str) -> float:
-    """Environment steps per second of ``learn(steps)`` after a short warm-up."""
+    """Environment steps per second of ``learn(steps)`` after a short warm-up (steps
+    actually taken: at least ``steps``)."""
     space = default_item_space()
     num_envs = overrides["num_envs"]
     config = AgentConfig(algo=algo, total_steps=steps, device=device, scorer=scorer,
@@ -55,10 +56,12 @@ def measure(algo: str, steps: int, device: str, overrides: dict, scorer: dict, o
     with tempfile.TemporaryDirectory() as tmp:
         model = build_agent(config, venv, space, tensorboard_dir=tmp)
         model.learn(total_timesteps=num_envs * config.n_steps)  # warm-up (allocations, kernels)
+        done_before = model.num_timesteps
         start = time.perf_counter()
         model.learn(total_timesteps=steps, reset_num_timesteps=False)
         elapsed = time.perf_counter() - start
-    return steps / elapsed
+    # PPO collects whole rollouts (num_envs * n_steps), which may exceed ``steps``
+    return (model.num_timesteps - done_before) / elapsed
 
 
 def main() -> None:

@@ -19,11 +19,18 @@ Architecture, for a batch of ``B`` users, history length ``H``, ``K`` candidates
   oldest to newest (``user_encoder="gru"``). Time left and optional observable user
   features join the summary. Output: the user state ``(B, hidden_dim)``.
 * **History match** (`HistoryMatch`, optional): each candidate's per-modality cosine
-  to the user's clicked, skipped and engaged past items.
+  to the user's clicked, skipped and engaged past items, and recency-decayed sums of
+  it weighted by clicks and by watch time (``history_decays``).
 * **Heads**: an MLP over ``[user, item, user * item, history match]`` per candidate
   gives the click logit, and optionally a second one the engagement (minutes) given a
   click. Every candidate is scored independently of the others, so the scores are
   permutation-equivariant over candidates.
+
+Cost: the heads' first layer and the history tokens are linear in their inputs, so
+the scorer evaluates them term by term: per user, per item (once per catalog item in
+``ids`` mode, cached while the weights do not change) and, only where it must, per
+(user, candidate) pair (see `Scorer._heads`; `Scorer.pair_features` is the unsplit
+reference form). The parameters are those of the plain layers.
 
 Observations are the environments' (see `recsim_mm.simulator` and docs/environments.md):
 ``embeddings`` mode passes item vectors, ``ids`` mode passes item rows and the scorer
@@ -543,6 +550,7 @@ class Scorer(nn.Module):
     # per (user, candidate) pair.
 
     def _heads(self) -> list[nn.Sequential]:
+        """The click head, then the engagement head when built."""
         return [self.click_head] + ([self.engagement_head] if self.engagement_head is not None else [])
 
     def _item_terms(self, items: torch.Tensor, heads: int, history_part: bool = True) -> tuple[torch.Tensor, ...]:
