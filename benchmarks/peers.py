@@ -23,8 +23,13 @@ the rest still runs. Peers are never a dependency of recsim-mm or of its tests.
 
 Usage::
 
-    .venv-peers/bin/python benchmarks/peers.py [--seconds 5] [--rounds 2] [--threads N]
+    .venv-peers/bin/python benchmarks/peers.py [--seconds 5] [--rounds 2] [--threads 1]
         [--only recsim single ...]
+
+recsim-mm runs with one torch thread by default: on a shared 2-core machine torch's
+two intra-op threads stall behind other processes at every parallel op (measured:
+make_vec 1,024 at 3.5k user-steps/s with 2 threads vs ~45k with 1, at load 6);
+``--threads 2`` measures the two-thread figure on an idle machine.
 """
 
 from __future__ import annotations
@@ -189,12 +194,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="measuring time per figure")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (the median is reported)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads for recsim-mm (default: torch's)")
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="torch threads for recsim-mm (default 1, see docs/design_notes.md; 0: torch's default)",
+    )
     parser.add_argument("--only", nargs="+", choices=MEASURES, default=list(MEASURES))
     parser.add_argument("--child", choices=MEASURES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        if args.threads:
+        if args.threads and args.child not in ("recsim", "recogym"):  # peers never import torch here
             import torch
 
             torch.set_num_threads(args.threads)
@@ -205,8 +213,9 @@ def main() -> None:
         return
 
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    threads = args.threads or "torch's default"
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {load} at start; "
-          f"{args.seconds:g} s per figure, {args.rounds} interleaved round(s)")
+          f"{args.seconds:g} s per figure, {args.rounds} interleaved round(s), recsim-mm torch threads: {threads}")
     results: dict[str, list[float]] = {name: [] for name in args.only}
     errors: dict[str, str] = {}
     ratios: dict[str, list[float]] = {name: [] for name in args.only}
