@@ -65,6 +65,7 @@ def test_pages_check_what_they_print():
     assert len(checked) >= len(PAGES) // 2, f"only {checked} assert their printed results"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
 def test_doc_examples_run_and_print_what_the_page_says(page: Path, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

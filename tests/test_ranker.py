@@ -51,6 +51,7 @@ def trained(space, logs):
     }
 
 
+@pytest.mark.slow
 def test_fused_ranker_beats_text_only_and_image_only(trained, logs):
     metrics = {m: evaluate_ranker(r.ranker, logs["test"], k=5) for m, r in trained.items()}
     fused, text, image = (metrics[m]["auc"] for m in ("fused", "text", "image"))
@@ -154,6 +155,7 @@ def test_warm_start_gives_the_agent_scorer_identical_scores(trained, space):
         torch.testing.assert_close(agent_scorer(batch), ranker.scorer(batch), rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_greedy_ranker_beats_popularity_and_random_on_held_out_users(trained, logs, space):
     env = gymnasium.make_vec(ENV_ID, num_envs=300, vectorization_mode="vector_entry_point",
                              item_space=space, device="cpu")
