@@ -368,9 +368,9 @@ def check_inputs(config: ExperimentConfig) -> dict[str, Any]:
         device = resolve_device(config.device)
     except ValueError as exc:
         raise ConfigError(f"config key 'device': {exc}") from None
-    envs = [environment_setup(config, device, env_id) for env_id in env_ids(config)]
+    setups = [environment_setup(config, device, env_id) for env_id in env_ids(config)]
     rl = [a for a in config.agents if a in RL_AGENTS]
-    for env in envs:
+    for env in setups:
         if rl and env.slate_size is not None:
             raise ConfigError(f"config key 'agents': {rl} recommend one item per step, but env.id "
                               f"{env.id!r} asks for slates; use a non-Slate id or drop them")
@@ -396,7 +396,7 @@ def check_inputs(config: ExperimentConfig) -> dict[str, Any]:
     cache_dir = Path(config.cache_dir) if config.cache_dir is not None else results_dir / ".cache"
     check_writable(results_dir, "results_dir")
     check_writable(cache_dir, "cache_dir" if config.cache_dir is not None else "results_dir")
-    return {"device": device, "envs": envs, "text_encoder": text_encoder, "image_encoder": image_encoder,
+    return {"device": device, "envs": setups, "text_encoder": text_encoder, "image_encoder": image_encoder,
             "catalog": catalog, "cache_dir": cache_dir, "results_dir": results_dir}
 
 

@@ -120,21 +120,28 @@ def vector_env_trace(env_id: str, **options: Any) -> tuple[str, str]:
 
 
 #: (id, case) -> (discrete hash, full hash), computed on the code before issue 11's
-#: speed work (commit c095133), one torch thread (as conftest sets: float reductions
-#: split across threads can differ in the last bit).
+#: speed work, one torch thread (as conftest sets: float reductions split across threads
+#: can differ in the last bit): InterestEvolution on c095133; Myopic and Satiation, whose
+#: dynamics issue 10 redesigned, on a14fce3 (the redesign, before the speed work); the
+#: sped-up code reproduces all of them bit for bit.
 SINGLE_PINS: dict[tuple[str, str], tuple[str, str]] = {
     ("recsim_mm/InterestEvolution-v0", "default"): ("e38e5eb2fb28972b", "d6b13cc48a70303c"),
     ("recsim_mm/InterestEvolution-v0", "ids"): ("97e895867d49e1ed", "83fd0c6cd322ec9a"),
-    ("recsim_mm/Myopic-v0", "default"): ("d405eea6a6ae062e", "a3ee20c76424e3a0"),
-    ("recsim_mm/Myopic-v0", "ids"): ("c324c75d0527ff4a", "3646b15ea060e3cd"),
+    ("recsim_mm/Myopic-v0", "default"): ("68be8d383da8b81f", "88391fb396d4ba84"),
+    ("recsim_mm/Myopic-v0", "ids"): ("3b336c371b9c131a", "fecc01ea8e5473b5"),
+    ("recsim_mm/Satiation-v0", "default"): ("9727ce68f39e428f", "483a3d0594212a9b"),
+    ("recsim_mm/Satiation-v0", "ids"): ("96b2ac41fe826345", "e9b96f170acc422f"),
 }
 VECTOR_PINS: dict[tuple[str, str], tuple[str, str]] = {
     ("recsim_mm/InterestEvolution-v0", "default"): ("e4a93f3cfd7c9388", "d57a041d97c06461"),
     ("recsim_mm/InterestEvolution-v0", "ids_no_truth"): ("88874fa308bf2b1c", "014632c39f07db52"),
     ("recsim_mm/InterestEvolution-v0", "same_step"): ("df2abf0630b641f0", "9a960c20c4215de0"),
-    ("recsim_mm/Myopic-v0", "default"): ("260857c1c1d7ef4c", "98a6444f9a5026a3"),
-    ("recsim_mm/Myopic-v0", "ids_no_truth"): ("4f50804f2dd7f354", "f6efce42e4d7955f"),
-    ("recsim_mm/Myopic-v0", "same_step"): ("6e89b88fb6c48cf4", "b5be1206e39d4d23"),
+    ("recsim_mm/Myopic-v0", "default"): ("13317ab7dbd77c87", "936e8ff942aad562"),
+    ("recsim_mm/Myopic-v0", "ids_no_truth"): ("c63e10d584fa0b15", "0b12866d131510bf"),
+    ("recsim_mm/Myopic-v0", "same_step"): ("1fce4b4e904723eb", "ef75790e1d015bee"),
+    ("recsim_mm/Satiation-v0", "default"): ("153d260fe34fcd0c", "3cfad6fd6f324c89"),
+    ("recsim_mm/Satiation-v0", "ids_no_truth"): ("22df5dbcf51cb09a", "7674c517b4299402"),
+    ("recsim_mm/Satiation-v0", "same_step"): ("94d2b2f384e829cd", "9d8106282c21bf29"),
 }
 
 SINGLE_CASES = {
@@ -146,7 +153,7 @@ VECTOR_CASES = {
     "ids_no_truth": {"obs_mode": "ids", "track_truth": False},
     "same_step": {"autoreset_mode": "SameStep"},
 }
-PINNED_IDS = ("recsim_mm/InterestEvolution-v0", "recsim_mm/Myopic-v0")
+PINNED_IDS = ("recsim_mm/InterestEvolution-v0", "recsim_mm/Myopic-v0", "recsim_mm/Satiation-v0")
 
 
 @pytest.mark.parametrize("case", sorted(SINGLE_CASES))
