@@ -37,7 +37,7 @@ TINY = [
     "ppo.total_steps=1024", "ppo.num_envs=16", "ppo.n_steps=32", "ppo.batch_size=256",
     "ppo.checkpoint_every=512", "dqn.total_steps=1024", "dqn.num_envs=16", "dqn.learning_starts=256",
     "dqn.checkpoint_every=512", "eval.num_users=48", "eval.curve_users=16", "eval.curve_every=512",
-    "eval.trace_users=2",
+    "eval.trace_users=2", "eval.tune_users=16",
 ]
 
 
