@@ -262,7 +262,7 @@ class ExperimentConfig:
         name: results go to ``<results_dir>/<name>-<timestamp>/``.
         seeds: one full replicate per seed (ranker, agents, held-out users).
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` for networks and simulators.
-        threads: torch CPU threads; None (default): the machine's cores, at most 4
+        threads: torch CPU threads; None (default): half the machine's cores, 1 to 4
             (`recsim_mm.device.default_torch_threads`); 0: torch's own default.
         results_dir: parent folder of the run folders.
         cache_dir: stage cache (default ``<results_dir>/.cache``): finished stages are
