@@ -353,6 +353,11 @@ def _check_value(key: str, value: Any, hint: Any) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"config key {key!r} expects a list like [a,b]; got {value!r}")
         return [_check_value(f"{key}[{i}]", v, item_type) for i, v in enumerate(value)]
+    if origin is tuple:  # tuple[T, ...] fields of library dataclasses, written as a list
+        item_type = typing.get_args(hint)[0]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"config key {key!r} expects a list like [a,b]; got {value!r}")
+        return tuple(_check_value(f"{key}[{i}]", v, item_type) for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"config key {key!r} expects a mapping like {{name: value}}; got {value!r}")
@@ -615,8 +620,16 @@ def _get(config: Any, key: str) -> Any:
 
 
 def to_dict(config: ExperimentConfig) -> dict:
-    """The config as plain nested data (for `config.yaml` and stage hashes)."""
-    return dataclasses.asdict(config)
+    """The config as plain nested data (for `config.yaml` and stage hashes); tuples become
+    lists, as YAML reads them back."""
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(dataclasses.asdict(config))
 
 
 def to_yaml(config: ExperimentConfig) -> str:

@@ -355,7 +355,7 @@ def summary_markdown(title: str, setting: str, results: dict[str, EnvResults],
         r = results[env_id]
         rel = folder.relative_to(run_dir)
         prefix = "" if str(rel) == "." else f"{rel}/"
-        out += [f"## `{env_id}` (user model {user_model})", "",
+        out += [f"## `{env_id}`", "", f"User model: {user_model}.", "",
                 "Where each return comes from (per user, return = session_length x ctr x minutes_per_click; "
                 "mean over seeds ± 95% CI):", "", comparison_table(r.metrics, BREAKDOWN), ""]
         comparisons = r.comparisons()

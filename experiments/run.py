@@ -914,7 +914,7 @@ def main(argv: list[str] | None = None) -> Path:
         sections.append((env.id, user_model, folder))
     wall = time.perf_counter() - t0
     write_json(run_dir / "stages.json", runner.progress.records)
-    setting = (f"Catalog: {item_space.num_items} items ({config.catalog.path or 'synthetic'}); seeds {config.seeds}; "
+    setting = (f"Seeds {config.seeds}; catalog: {item_space.num_items} items ({config.catalog.path or 'synthetic'}); "
                f"{config.eval.num_users} held-out users per seed and environment (env seed {config.eval.seed_offset}"
                f" + seed, never used in training or tuning); reward `{config.env.reward}`; device {device}; "
                f"wall time {wall / 60:.1f} min.")

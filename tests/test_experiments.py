@@ -31,7 +31,7 @@ RUN = ROOT / "experiments" / "run.py"
 
 #: A complete experiment in seconds: every stage runs, on tiny sizes.
 TINY = [
-    "progress=false", "seeds=[0,1]", "catalog.num_items=300", "encoders.d_text=16", "encoders.d_image=16",
+    "progress=false", "seeds=[0,1]", "env.id=recsim_mm/InterestEvolution-v0", "catalog.num_items=300", "encoders.d_text=16", "encoders.d_image=16",
     "env.max_steps=20", "logging.num_users=200", "logging.test_users=80",
     "scorer.hidden_dim=16", "scorer.num_heads=2", "ranker.max_epochs=2", "ranker.ablations=false",
     "ppo.total_steps=1024", "ppo.num_envs=16", "ppo.n_steps=32", "ppo.batch_size=256",
@@ -69,20 +69,22 @@ def quick_run(tmp_path_factory):
 def test_quick_preset_writes_the_full_results_folder(quick_run):
     run_dir = quick_run
     assert run_dir.name.startswith("quick-")
-    strategies = ["random", "popular", "oracle", "linucb", "greedy", "ppo-warm", "dqn-warm"]
+    strategies = ["random", "popular", "longest", "oracle", "linucb", "greedy", "mmr", "ppo-warm", "dqn-warm",
+                  "myopic_oracle", "planning"]
     rows = read_metrics(run_dir)
     assert {r["strategy"] for r in rows} == set(strategies)
     assert {r["seed"] for r in rows} == {"0", "1"}
     metrics = {r["metric"] for r in rows}
     assert {"episode_return", "ctr", "engagement_per_step", "session_length", "session_diversity",
-            "novelty", "coverage"} <= metrics
+            "novelty", "coverage", "minutes_per_click", "recommended_duration"} <= metrics
     assert len(rows) == len(strategies) * 2 * len(metrics)
     assert all(np.isfinite(float(r["value"])) for r in rows if r["metric"] != "session_diversity")
     summary = (run_dir / "summary.md").read_text()
     for strategy in strategies:
         assert f"| {strategy} |" in summary
-    assert "Paired comparison with the greedy ranker" in summary and "## Reading" in summary
-    assert "| ppo-warm | " in summary.split("Paired comparison")[1]
+    assert "## Strategy x environment" in summary and "## Planning headroom" in summary
+    assert "Paired with the greedy ranker" in summary and "Reading:" in summary
+    assert "| ppo-warm | " in summary.split("Paired with the greedy ranker")[1]
     with open(run_dir / "ranker_metrics.csv") as f:
         offline = list(csv.DictReader(f))
     assert {r["ranker"] for r in offline} == {"fused", "text", "image"}
@@ -118,7 +120,7 @@ def test_rerun_of_a_finished_config_trains_nothing(quick_run):
     again = main(["preset=quick", *TINY, "ranker.ablations=true", f"results_dir={quick_run.parent}"])
     assert again != quick_run  # a new folder; the earlier one is untouched
     statuses = stage_status(again)
-    assert {s["stage"] for s in statuses} == {"items", "logs", "ranker", "agent", "eval"}
+    assert {s["stage"] for s in statuses} == {"items", "logs", "ranker", "agent", "tune", "eval"}
     assert all(s["status"] == "cached" for s in statuses), [s for s in statuses if s["status"] != "cached"]
     assert {p: p.stat().st_mtime_ns for p in cache.glob("*/checkpoint.pt")} == checkpoints
     assert {p: p.stat().st_mtime_ns for p in cache.glob("ranker-*/ranker.pt")} == rankers
@@ -470,3 +472,29 @@ def test_compare_of_a_folder_without_metrics_is_one_error_line(tmp_path, capsys)
     assert "empty/metrics.csv: no such file" in capsys.readouterr().err
     assert compare_cli([str(a), str(a), "--metric", "ctrr"]) == 2
     assert "metric 'ctrr' is in none of the folders" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_suite_reports_every_strategy_on_every_environment(tmp_path):
+    suite = "env.id=[recsim_mm/Satiation-v0,recsim_mm/Myopic-v0]"
+    agents = "agents=[random,longest,greedy,mmr,ppo,myopic_oracle,planning]"
+    run_dir = main([*TINY, suite, agents, "seeds=[0,1]", f"results_dir={tmp_path}"])
+    summary = (run_dir / "summary.md").read_text()
+    table = summary.split("## Strategy x environment")[1].split("\n## ")[0]
+    assert "| strategy | `Satiation-v0` | `Myopic-v0` |" in table
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "strategy" not in line]
+    names = ["random", "longest", "greedy", "mmr", "ppo-warm", "myopic_oracle", "planning"]
+    assert [row.split(" | ")[0][2:] for row in rows] == names
+    for row in rows:  # every (strategy, environment) cell holds a mean
+        cells = row.strip("|").split(" | ")[1:]
+        assert len(cells) == 2 and all(re.match(r" ?-?\d+\.\d", c) for c in cells), row
+    assert "## Planning headroom" in summary
+    for env in ("Satiation-v0", "Myopic-v0"):
+        got = {r["strategy"] for r in read_metrics(run_dir / env)}
+        assert got == set(names), env
+    # The control: the planning reference chooses what the myopic oracle chooses.
+    myopic = {(r["seed"], r["metric"]): r["value"] for r in read_metrics(run_dir / "Myopic-v0")
+              if r["strategy"] == "myopic_oracle"}
+    planning = {(r["seed"], r["metric"]): r["value"] for r in read_metrics(run_dir / "Myopic-v0")
+                if r["strategy"] == "planning"}
+    assert myopic == planning
