@@ -8,7 +8,14 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench bench-peers clean
+
+# Peers (RecSim, RecoGym) live in their own environment, never in .venv: they pin old
+# gym/TensorFlow-era stacks, and recsim-mm must not depend on them.
+PEERS_VENV   ?= .venv-peers
+PEERS_PYTHON ?= python3
+PEERS_STAMP  := $(PEERS_VENV)/.installed
+BENCH_ARGS   ?=
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -28,5 +35,15 @@ lint: $(STAMP)
 bench: $(STAMP)
 	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
+$(PEERS_STAMP): pyproject.toml
+	test -x $(PEERS_VENV)/bin/python || $(PEERS_PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --upgrade pip >/dev/null
+	$(PEERS_VENV)/bin/python -m pip install "recsim==0.2.4" "recogym==0.1.3.0" tensorflow tf-keras -e .
+	touch $(PEERS_STAMP)
+
+# RecSim, RecoGym and recsim-mm side by side in one run, with ratios to RecSim.
+bench-peers: $(PEERS_STAMP)
+	$(PEERS_VENV)/bin/python benchmarks/peers.py $(BENCH_ARGS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(PEERS_VENV) .pytest_cache

@@ -97,6 +97,24 @@ class AgentConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"AgentConfig.{name}={value!r}; expected an int >= 1")
+        for name in ("n_epochs", "buffer_size", "train_freq", "target_update_interval", "bc_epochs",
+                     "learning_starts", "gradient_steps"):
+            value, low = getattr(self, name), 0 if name in ("bc_epochs", "learning_starts") else 1
+            if not isinstance(value, int) or (value < low and not (name == "gradient_steps" and value == -1)):
+                raise ValueError(f"AgentConfig.{name}={value!r}; expected an int >= {low}"
+                                 + (" (or -1: as many as environment steps)" if name == "gradient_steps" else ""))
+        # Ranges SB3 does not check: out of them it trains silently wrong (or dies in torch).
+        ranges = {"learning_rate": (0.0, None, "> 0"), "bc_lr": (0.0, None, "> 0"),
+                  "clip_range": (0.0, None, "> 0"), "gamma": (0.0, 1.0, "in [0, 1]"),
+                  "gae_lambda": (0.0, 1.0, "in [0, 1]"), "exploration_fraction": (0.0, 1.0, "in [0, 1]"),
+                  "exploration_final_eps": (0.0, 1.0, "in [0, 1]"), "ent_coef": (0.0, None, ">= 0"),
+                  "kl_coef": (0.0, None, ">= 0")}
+        for name, (low, high, expected) in ranges.items():
+            value = getattr(self, name)
+            strict = expected == "> 0"
+            if (not isinstance(value, int | float) or isinstance(value, bool) or value < low
+                    or (strict and value == low) or (high is not None and value > high)):
+                raise ValueError(f"AgentConfig.{name}={value!r}; expected a number {expected}")
         if self.kl_coef and self.algo != "ppo":
             raise ValueError(f"AgentConfig.kl_coef={self.kl_coef} with algo={self.algo!r}: the KL penalty is for PPO")
         if self.bc_epochs and self.algo != "ppo":
@@ -153,7 +171,10 @@ def build_agent(
             d_text=item_space.d_text, d_image=item_space.d_image, **config.scorer
         ).to_dict()
     device = resolve_device(config.device)
-    policy_kwargs = dict(scorer_config=scorer_config, item_table=item_space.fused.cpu())
+    # foreach: Adam's multi-tensor update, one op per step for all ~60 parameter tensors
+    # instead of a Python loop over them (SB3's default on CPU is the loop)
+    policy_kwargs = dict(scorer_config=scorer_config, item_table=item_space.fused.cpu(),
+                         optimizer_kwargs=dict(foreach=True))
     common = dict(
         learning_rate=config.learning_rate,
         gamma=config.gamma,
@@ -434,7 +455,16 @@ def train_agent(
             raise ValueError(f"AgentConfig.bc_epochs={config.bc_epochs} needs bc_log= (an InteractionLog)")
         behaviour_clone(model.policy.scorer, bc_log, config.bc_epochs, config.bc_lr, seed=config.seed)
     if payload is not None:
-        model.policy.load_state_dict(payload["policy"])
+        try:
+            model.policy.load_state_dict(payload["policy"])
+        except RuntimeError as exc:
+            # same AgentConfig, other scorer architecture: a checkpoint from before a
+            # ScorerConfig field was added (e.g. history_decays)
+            raise ValueError(
+                f"{checkpoint}: the policy weights do not fit this version's scorer "
+                f"architecture {model.policy.scorer.config} (written by an older version?); "
+                f"use a new run directory ({exc})"
+            ) from exc
         model.policy.optimizer.load_state_dict(payload["optimizer"])
         model.num_timesteps = resumed_from = payload["num_timesteps"]
         model._n_updates = payload["n_updates"]

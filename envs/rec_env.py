@@ -354,31 +354,25 @@ class RecEnv(gym.Env):
         positions = check_actions(action, self._num_candidates, self._slate_size, batch=None)
         self._action.copy_(torch.from_numpy(positions))
         out = self.simulator.step(self._action)
-        reward, click, engagement, item, terminated, truncated = torch.stack(
-            [
-                out.reward,
-                out.click.float(),
-                out.engagement,
-                out.clicked_item.float(),
-                out.terminated.float(),
-                out.truncated.float(),
-            ]
-        )[:, 0].tolist()
-        terminated, truncated = terminated > 0, truncated > 0
+        # One host read per scalar (no stacking op); the affinity tensor is fresh each
+        # step and never written again by the core, so its row is handed out as is.
+        reward = out.reward.item()
+        terminated, truncated = bool(out.terminated.item()), bool(out.truncated.item())
         self._needs_reset = terminated or truncated
         info = {
-            "click": click > 0,
-            "engagement": engagement,
-            "clicked_item": int(item),
+            "click": bool(out.click.item()),
+            "engagement": out.engagement.item(),
+            "clicked_item": out.clicked_item.item(),
         }
         if self.simulator.track_truth:
-            info["true_affinity"] = out.true_affinity[0].cpu().numpy().copy()
+            info["true_affinity"] = out.true_affinity[0].cpu().numpy()
         info.update(self._reset_info())
         self._last = {"action": positions[0].tolist(), "reward": reward, **info}
         return self._observation(), reward, terminated, truncated, info
 
     def _observation(self) -> dict[str, np.ndarray]:
-        return {key: np.array(value[0]) for key, value in self.simulator.observation_arrays(copy=False).items()}
+        # Fresh (1, ...) arrays, each written once; row 0 of each is the observation.
+        return {key: value[0] for key, value in self.simulator.observation_arrays(copy=True).items()}
 
     def _reset_info(self) -> dict[str, Any]:
         info: dict[str, Any] = {}

@@ -53,8 +53,10 @@ class RecVectorEnv(VectorEnv):
 
     ## Arguments
     ``num_envs`` (``B``), ``autoreset_mode``, ``copy`` (default True: observations are
-    fresh arrays; False returns views of the simulator's buffers, valid until the next
-    call, which saves a copy per step at large B), ``render_mode`` (None only), and
+    fresh arrays the caller may keep, each written once per step; False: zero-copy
+    views of the simulator's buffers, overwritten by the next ``step``/``reset``,
+    which saves allocating ``B x (H + K) x d`` floats per step; see
+    docs/environments.md), ``render_mode`` (None only), and
     every `RecEnvOptions` field (``device`` defaults to ``"auto"`` here).
     """
 
@@ -76,6 +78,8 @@ class RecVectorEnv(VectorEnv):
                 f"autoreset_mode={autoreset_mode!r} is invalid; expected one of "
                 f"{[m.value for m in AutoresetMode]}"
             ) from None
+        if not isinstance(copy, bool):
+            raise ValueError(f"copy={copy!r} must be True (fresh observation arrays) or False (views)")
         if render_mode is not None:
             raise ValueError(f"render_mode={render_mode!r} is not supported by the vector env; expected None")
         self.options = RecEnvOptions.parse(options)
@@ -157,7 +161,8 @@ class RecVectorEnv(VectorEnv):
             "clicked_item": out.clicked_item.cpu().numpy(),
         }
         if sim.track_truth:
-            info["true_affinity"] = out.true_affinity.cpu().numpy().copy()
+            # A fresh tensor per step that the core never writes again: no copy.
+            info["true_affinity"] = out.true_affinity.cpu().numpy()
         valid = self._all_valid
         if mode == AutoresetMode.NEXT_STEP:
             restart = self._autoreset
@@ -183,10 +188,11 @@ class RecVectorEnv(VectorEnv):
 
     def _add_final(self, info: dict[str, Any], ended: np.ndarray) -> None:
         """SAME_STEP: stash the ended rows' last observation and info before their reset."""
-        obs = self.simulator.observation_arrays(copy=False)
+        rows = np.flatnonzero(ended)
+        obs = self.simulator.observation_rows(rows)  # fresh (R, ...) arrays of the ended rows only
         final_obs = np.full(self.num_envs, None, dtype=object)
-        for row in np.flatnonzero(ended):
-            final_obs[row] = {key: value[row].copy() for key, value in obs.items()}
+        for i, row in enumerate(rows):
+            final_obs[row] = {key: value[i] for key, value in obs.items()}
         step_info = self._state_info(dict(info), self._all_valid)
         info["final_obs"], info["_final_obs"] = final_obs, ended.copy()
         info["final_info"] = {k: v.copy() for k, v in step_info.items() if not k.startswith("_")}

@@ -3,23 +3,32 @@
 A config is data, never code: YAML is read with `yaml.safe_load`, every key is checked
 against the dataclass schema below (an unknown key is an error that suggests the
 nearest valid key), and every value against its field's type and range. The schema
-is the one source of truth for keys; defaults that belong to a library component
-(the scorer's architecture, the ranker's optimiser, PPO/DQN knobs) are read from that
-component's own dataclass, so they are defined once. `experiments/configs/*.yaml`
-only override the schema: ``default.yaml`` sizes the default experiment, ``quick.yaml``
-a smoke run and ``full.yaml`` a GPU run.
+is the one source of truth for keys. Where a library component owns settings, the
+section is a view of that component's own dataclass (`library_view`): ``scorer`` of
+`recsim_mm.scorer.ScorerConfig` (its hyperparameters; the data dimensions come from
+the item space), ``ranker`` of `recsim_mm.ranker.TrainConfig`, ``ppo`` and ``dqn`` of
+`agents.train.AgentConfig`; names, types and defaults are defined there once, and
+`validate` builds those dataclasses so their own checks become errors naming the key.
+`experiments/configs/*.yaml` only override the schema: ``default.yaml`` sizes the
+default experiment, ``quick.yaml`` a smoke run and ``full.yaml`` a GPU run.
+
+The loader is these ~150 lines rather than OmegaConf: OmegaConf's structured configs
+would replace the type checks but not the nearest-key hints, the range checks or the
+shell-friendly mapping form, and would add a dependency for no net saving.
 
 Precedence: schema defaults < preset file < command-line overrides, e.g.::
 
-    python experiments/run.py preset=quick seeds=[0,1] ppo.total_steps=20000 agents=[ppo,greedy]
+    .venv/bin/python experiments/run.py preset=quick seeds=[0,1] ppo.total_steps=20000 agents=[ppo,greedy]
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,20 +38,22 @@ import yaml
 from agents.train import AgentConfig
 from recsim_mm.ranker import TrainConfig
 from recsim_mm.scorer import ScorerConfig
+from recsim_mm.simulator import OBS_MODES, REWARDS
+from recsim_mm.synthetic import TOPICS
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
-#: Strategies an experiment can compare: baselines (no training), the greedy ranker,
-#: and the RL agents (trained per seed; warm and/or cold start).
-BASELINE_AGENTS = ("random", "popular", "oracle", "linucb")
+#: Strategies an experiment can compare: baselines (no training), the greedy ranker and
+#: its MMR re-ranking, the privileged references, and the RL agents (trained per seed;
+#: warm and/or cold start).
+BASELINE_AGENTS = ("random", "popular", "longest", "oracle", "linucb")
+RANKER_AGENTS = ("greedy", "mmr")
+REFERENCE_AGENTS = ("myopic_oracle", "planning")
 RL_AGENTS = ("ppo", "dqn")
-KNOWN_AGENTS = (*BASELINE_AGENTS, "greedy", *RL_AGENTS)
+KNOWN_AGENTS = (*BASELINE_AGENTS, *RANKER_AGENTS, *REFERENCE_AGENTS, *RL_AGENTS)
+#: The default experiment's environments (`make run`): the long-term-effects suite.
+SUITE = ("recsim_mm/InterestEvolution-v0", "recsim_mm/Satiation-v0", "recsim_mm/Myopic-v0")
 LOGGING_POLICIES = ("production", "uniform", "popularity")
-
-# Library defaults, read once: the schema refers to them instead of repeating numbers.
-_AGENT = AgentConfig()
-_TRAIN = TrainConfig()
-_SCORER = ScorerConfig(d_text=1, d_image=1)
 
 
 class ConfigError(ValueError):
@@ -97,7 +108,8 @@ class EnvConfig:
 
     Attributes:
         id: a registered id (``recsim_mm/InterestEvolution-v0``, ``Satiation-v0``,
-            ``Myopic-v0``, their ``...Slate-v0`` forms).
+            ``Myopic-v0``, their ``...Slate-v0`` forms), or a list of them: a suite,
+            every strategy run on each (the item space is shared).
         num_candidates: ``K`` candidates per step.
         history_length: ``H`` past steps in the observation.
         max_steps: episode truncation length.
@@ -106,7 +118,7 @@ class EnvConfig:
         obs_mode: ``"ids"`` (item rows; policies hold the item table) or ``"embeddings"``.
     """
 
-    id: str = "recsim_mm/InterestEvolution-v0"
+    id: str | list[str] = "recsim_mm/InterestEvolution-v0"
     num_candidates: int = 20
     history_length: int = 10
     max_steps: int = 50
@@ -121,7 +133,10 @@ class LoggingConfig:
     Attributes:
         policy: logging policy, ``"production"`` (softmax over noisy true affinity),
             ``"uniform"`` or ``"popularity"`` (item quality as popularity).
-        epsilon: share of uniformly random slates mixed in (exploration).
+        epsilon: share of uniformly random slates mixed in (exploration). Default 0.5:
+            the production policy alone shows only items the user likes, so in its logs
+            a skipped item still signals interest and a ranker learns the wrong sign for
+            "similar to a skipped item"; half uniform slates make skips mean what they mean.
         noise_std, temperature: the production policy's noise and softmax temperature.
         num_users: logged training sessions.
         test_users: logged held-out sessions for the ranker's offline metrics.
@@ -129,7 +144,7 @@ class LoggingConfig:
     """
 
     policy: str = "production"
-    epsilon: float = 0.1
+    epsilon: float = 0.5
     noise_std: float = 0.3
     temperature: float = 0.2
     num_users: int = 2000
@@ -137,93 +152,77 @@ class LoggingConfig:
     seed: int = 0
 
 
-@dataclass
-class ScorerSection:
-    """The shared scorer's architecture: the ranker, and the RL agents' networks.
+def library_view(name: str, library: type, fields: Sequence[str], doc: str,
+                 extra: Sequence[tuple[str, Any, Any]] = ()) -> type:
+    """A config section made of fields of a library dataclass, defined there once.
 
-    Fields and defaults are those of `recsim_mm.scorer.ScorerConfig` (docs/ranker).
+    The section's fields take their names, types and defaults from ``library`` (so
+    a changed default or a new hyperparameter needs no edit here); ``extra`` adds the
+    experiment's own settings as ``(name, type, default)``. The library dataclass still
+    checks the values: `validate` builds it from the section.
+
+    Args:
+        name: class name of the section.
+        library: the library's config dataclass (e.g. `recsim_mm.ranker.TrainConfig`).
+        fields: the names of its fields that are experiment settings, in key order.
+        doc: the section's docstring.
+        extra: experiment-only fields.
     """
-
-    hidden_dim: int = _SCORER.hidden_dim
-    user_encoder: str = _SCORER.user_encoder
-    fusion: str = _SCORER.fusion
-    num_heads: int = _SCORER.num_heads
-    num_queries: int = _SCORER.num_queries
-    history_match: bool = _SCORER.history_match
-    engagement_head: bool = _SCORER.engagement_head
-    use_time_left: bool = _SCORER.use_time_left
-    dropout: float = _SCORER.dropout
-
-
-@dataclass
-class RankerSection:
-    """Supervised ranker training (defaults from `recsim_mm.ranker.TrainConfig`).
-
-    Attributes:
-        lr, weight_decay, batch_size, max_epochs, patience, val_fraction,
-            engagement_weight: the optimiser and early stopping.
-        ablations: also train text-only and image-only rankers (offline metrics).
-        ndcg_k: cut-off of NDCG@k / Recall@k.
-    """
-
-    lr: float = _TRAIN.lr
-    weight_decay: float = _TRAIN.weight_decay
-    batch_size: int = _TRAIN.batch_size
-    max_epochs: int = _TRAIN.max_epochs
-    patience: int = _TRAIN.patience
-    val_fraction: float = _TRAIN.val_fraction
-    engagement_weight: float = _TRAIN.engagement_weight
-    ablations: bool = True
-    ndcg_k: int = 5
+    hints = typing.get_type_hints(library)
+    by_name = {f.name: f for f in dataclasses.fields(library)}
+    spec: list[tuple[str, Any, Any]] = []
+    for field_name in fields:
+        f = by_name[field_name]
+        default = (field(default=f.default) if f.default is not dataclasses.MISSING
+                   else field(default_factory=f.default_factory))
+        spec.append((field_name, hints[field_name], default))
+    spec += [(n, t, field(default=d)) for n, t, d in extra]
+    return dataclasses.make_dataclass(name, spec, namespace={"__doc__": doc, "__module__": __name__})
 
 
-@dataclass
-class AgentSection:
-    """What every RL agent section shares (defaults from `agents.train.AgentConfig`).
+#: `ScorerConfig` fields that describe the data or are set per model by the runner,
+#: not hyperparameters: the item vectors' widths (from the item space), the modality
+#: (one per ranker ablation), the observation's history length and user features.
+SCORER_DATA_FIELDS = ("d_text", "d_image", "modality", "max_history", "user_features_dim")
+#: `TrainConfig` fields set per run by the runner (seed, device, output paths, threads).
+RANKER_RUN_FIELDS = ("seed", "device", "checkpoint_path", "tensorboard_dir", "num_threads")
+#: `AgentConfig` fields of each algorithm's section (the rest are set per run or not offered).
+AGENT_SHARED_FIELDS = ("total_steps", "num_envs", "learning_rate", "gamma", "checkpoint_every")
+PPO_FIELDS = (*AGENT_SHARED_FIELDS, "n_steps", "batch_size", "n_epochs", "gae_lambda", "ent_coef", "clip_range")
+DQN_FIELDS = (*AGENT_SHARED_FIELDS, "buffer_size", "learning_starts", "train_freq", "gradient_steps",
+              "target_update_interval", "exploration_fraction", "exploration_final_eps")
+#: What every RL section adds to its `AgentConfig` fields.
+AGENT_EXTRA = (("warm_start", bool, True), ("cold_start", bool, False), ("reward", str, "simulator"))
 
-    Attributes:
-        total_steps: environment steps per training run (summed over users).
-        warm_start: train an agent initialised from the ranker ("ppo-warm", "dqn-warm").
-        cold_start: train one from random weights ("ppo-cold", "dqn-cold").
-        reward: ``"simulator"`` (the env's reward) or ``"ranker"`` (the ranker's
-            predicted engagement as a learned reward; evaluation still uses the
-            simulator's).
-        the rest: see `agents.train.AgentConfig`.
-    """
+ScorerSection = library_view(
+    "ScorerSection", ScorerConfig,
+    [f.name for f in dataclasses.fields(ScorerConfig) if f.name not in SCORER_DATA_FIELDS],
+    """The shared scorer's hyperparameters (the ranker's, and the RL agents' networks): the
+    fields of `recsim_mm.scorer.ScorerConfig` but its data dimensions (`SCORER_DATA_FIELDS`),
+    which come from the item space. Meanings and defaults: `ScorerConfig`.""")
 
-    total_steps: int = _AGENT.total_steps
-    num_envs: int = _AGENT.num_envs
-    learning_rate: float = _AGENT.learning_rate
-    gamma: float = _AGENT.gamma
-    checkpoint_every: int = _AGENT.checkpoint_every
-    warm_start: bool = True
-    cold_start: bool = False
-    reward: str = "simulator"
+RankerSection = library_view(
+    "RankerSection", TrainConfig,
+    [f.name for f in dataclasses.fields(TrainConfig) if f.name not in RANKER_RUN_FIELDS],
+    """Supervised ranker training: the fields of `recsim_mm.ranker.TrainConfig` but the
+    per-run ones (`RANKER_RUN_FIELDS`), plus ``ablations`` (also train text-only and
+    image-only rankers, for the offline metrics) and ``ndcg_k`` (cut-off of NDCG@k /
+    Recall@k).""",
+    extra=(("ablations", bool, True), ("ndcg_k", int, 5)))
 
+PPOSection = library_view(
+    "PPOSection", AgentConfig, PPO_FIELDS,
+    """PPO: `agents.train.AgentConfig`'s shared and PPO fields (`PPO_FIELDS`), plus
+    ``warm_start`` (train "ppo-warm", initialised from the ranker), ``cold_start`` (train
+    "ppo-cold" from random weights) and ``reward`` (``"simulator"``, or ``"ranker"``: the
+    ranker's predicted engagement as a learned reward; evaluation still uses the simulator's).""",
+    extra=AGENT_EXTRA)
 
-@dataclass
-class PPOSection(AgentSection):
-    """PPO budget and knobs: `AgentSection` plus PPO's own (see `agents.train.AgentConfig`)."""
-
-    n_steps: int = _AGENT.n_steps
-    batch_size: int = _AGENT.batch_size
-    n_epochs: int = _AGENT.n_epochs
-    gae_lambda: float = _AGENT.gae_lambda
-    ent_coef: float = _AGENT.ent_coef
-    clip_range: float = _AGENT.clip_range
-
-
-@dataclass
-class DQNSection(AgentSection):
-    """DQN budget and knobs: `AgentSection` plus DQN's own (see `agents.train.AgentConfig`)."""
-
-    buffer_size: int = _AGENT.buffer_size
-    learning_starts: int = _AGENT.learning_starts
-    train_freq: int = _AGENT.train_freq
-    gradient_steps: int = _AGENT.gradient_steps
-    target_update_interval: int = _AGENT.target_update_interval
-    exploration_fraction: float = _AGENT.exploration_fraction
-    exploration_final_eps: float = _AGENT.exploration_final_eps
+DQNSection = library_view(
+    "DQNSection", AgentConfig, DQN_FIELDS,
+    """DQN: `agents.train.AgentConfig`'s shared and DQN fields (`DQN_FIELDS`), plus
+    ``warm_start``, ``cold_start`` and ``reward`` as for `PPOSection`.""",
+    extra=AGENT_EXTRA)
 
 
 @dataclass
@@ -240,6 +239,9 @@ class EvalConfig:
         curve_seed_offset: env seed of the learning-curve users (``+ s``), distinct
             from the test users.
         trace_users: held-out users whose hidden state is traced for the interest plot.
+        tune_users: training users on which the planning reference's horizon and MMR's
+            diversity are tuned (env seed ``tune_seed_offset`` [+ s for MMR]).
+        tune_seed_offset: env seed of the tuning users, distinct from the test users.
     """
 
     num_users: int = 500
@@ -248,6 +250,8 @@ class EvalConfig:
     curve_every: int = 10_000
     curve_seed_offset: int = 2_000_000_000
     trace_users: int = 4
+    tune_users: int = 200
+    tune_seed_offset: int = 500_000_000
 
 
 @dataclass
@@ -258,8 +262,8 @@ class ExperimentConfig:
         name: results go to ``<results_dir>/<name>-<timestamp>/``.
         seeds: one full replicate per seed (ranker, agents, held-out users).
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` for networks and simulators.
-        threads: torch CPU threads (0: torch's default). 1 by default: on a shared
-            2-core machine two threads measured ~10x slower under concurrent load.
+        threads: torch CPU threads; None (default): half the machine's cores, 1 to 4
+            (`recsim_mm.device.default_torch_threads`); 0: torch's own default.
         results_dir: parent folder of the run folders.
         cache_dir: stage cache (default ``<results_dir>/.cache``): finished stages are
             reused, an interrupted agent resumes from its checkpoint.
@@ -273,14 +277,14 @@ class ExperimentConfig:
     name: str = "default"
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     device: str = "auto"
-    threads: int = 1
+    threads: int | None = None
     results_dir: str = "results"
     cache_dir: str | None = None
     progress: bool = True
     user_model: str | None = None
     user_params: dict[str, Any] = field(default_factory=dict)
     agents: list[str] = field(
-        default_factory=lambda: ["random", "popular", "oracle", "linucb", "greedy", "ppo", "dqn"]
+        default_factory=lambda: ["random", "popular", "longest", "greedy", "mmr", "ppo", "myopic_oracle", "planning"]
     )
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
     encoders: EncoderConfig = field(default_factory=EncoderConfig)
@@ -320,6 +324,8 @@ def _unknown_key(key: str) -> ConfigError:
 
 
 def _type_name(hint: Any) -> str:
+    if typing.get_args(hint):  # list[int], str | None, dict[str, Any]
+        return str(hint).replace("typing.", "")
     return getattr(hint, "__name__", str(hint).replace("typing.", ""))
 
 
@@ -347,6 +353,11 @@ def _check_value(key: str, value: Any, hint: Any) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"config key {key!r} expects a list like [a,b]; got {value!r}")
         return [_check_value(f"{key}[{i}]", v, item_type) for i, v in enumerate(value)]
+    if origin is tuple:  # tuple[T, ...] fields of library dataclasses, written as a list
+        item_type = typing.get_args(hint)[0]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"config key {key!r} expects a list like [a,b]; got {value!r}")
+        return tuple(_check_value(f"{key}[{i}]", v, item_type) for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"config key {key!r} expects a mapping like {{name: value}}; got {value!r}")
@@ -382,15 +393,27 @@ def _apply(obj: Any, data: dict, prefix: str = "") -> None:
             setattr(obj, name, _check_value(key, value, hints[name]))
 
 
+#: ``key:value`` with no space after the colon inside a YAML flow mapping: YAML reads
+#: ``{patience:5}`` as a key named ``patience:5``; a shell-friendly form should just work.
+_TIGHT_MAPPING_KEY = re.compile(r"([{,]\s*)([A-Za-z_][\w.]*):(?=[^\s/])")
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """Split one ``key=value`` command-line override; the value is parsed as YAML.
 
     ``ppo.total_steps=5000`` -> ``("ppo.total_steps", 5000)``;
-    ``agents=[ppo,greedy]`` -> ``("agents", ["ppo", "greedy"])``.
+    ``agents=[ppo,greedy]`` -> ``("agents", ["ppo", "greedy"])``;
+    ``user_params={patience:5}`` (no space, so no shell quoting needed) and
+    ``'user_params={patience: 5}'`` -> ``("user_params", {"patience": 5})``.
     """
+    if text.startswith("-"):
+        raise ConfigError(f"unknown option {text!r}; the only options are -h/--help, the rest is key=value "
+                          "(e.g. seeds=[0,1] or preset=quick)")
     if "=" not in text:
         raise ConfigError(f"override {text!r} is not key=value (e.g. seeds=[0,1] or preset=quick)")
     key, raw = text.split("=", 1)
+    if raw.lstrip().startswith("{"):
+        raw = _TIGHT_MAPPING_KEY.sub(r"\1\2: ", raw)
     try:
         value = yaml.safe_load(raw) if raw != "" else None
     except yaml.YAMLError as exc:
@@ -408,6 +431,40 @@ def _nest(key: str, value: Any) -> dict:
 def presets() -> list[str]:
     """Names of the preset files in `CONFIG_DIR`."""
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def _preset_summary(name: str) -> str:
+    """The first comment line of a preset file (what it is for)."""
+    for line in (CONFIG_DIR / f"{name}.yaml").read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""
+
+
+def help_text(program: str = "experiments/run.py") -> str:
+    """``--help``: usage, the presets and every key with its type and schema default,
+    generated from `ExperimentConfig` (so it cannot drift from the schema)."""
+    lines = [f"usage: {program} [-h] [preset=NAME|FILE.yaml] [key=value ...]", "",
+             "Train and compare the supervised ranker, PPO, DQN and baselines; results go to",
+             "<results_dir>/<name>-<timestamp>/. Values are YAML; quote what the shell would split:",
+             "  seeds=[0,1,2]  agents=[greedy,ppo]  ppo.total_steps=20000  user_params.patience=5",
+             "  'user_params={patience: 5}'  \"name='2024'\"  catalog.path=null", "",
+             "presets (schema < preset < overrides; default: default):"]
+    lines += [f"  {name:<10} {_preset_summary(name)}" for name in presets()]
+    lines += ["", "keys (type, schema default; meanings: docs/configuration.md):"]
+    defaults = to_dict(ExperimentConfig())
+
+    def walk(cls: type, data: dict, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name], data[f.name], f"{prefix}{f.name}.")
+            else:
+                default = yaml.safe_dump(data[f.name], default_flow_style=True).strip().removesuffix("...").strip()
+                lines.append(f"  {prefix + f.name:<32} {_type_name(hints[f.name]):<14} {default}")
+
+    walk(ExperimentConfig, defaults, "")
+    return "\n".join(lines)
 
 
 def load_config(overrides: list[str] | None = None) -> ExperimentConfig:
@@ -455,9 +512,46 @@ def _require(ok: bool, key: str, value: Any, expected: str) -> None:
         raise ConfigError(f"config key {key!r} = {value!r} is invalid; expected {expected}")
 
 
+# -- the library's config objects, built from the sections -------------------------------------
+
+
+def scorer_config(config: ExperimentConfig, d_text: int, d_image: int, modality: str = "fused") -> ScorerConfig:
+    """`recsim_mm.scorer.ScorerConfig` of the ``scorer`` section on item vectors of these widths."""
+    return ScorerConfig(d_text=d_text, d_image=d_image, modality=modality, **dataclasses.asdict(config.scorer))
+
+
+def ranker_train_config(config: ExperimentConfig, seed: int, device: str) -> TrainConfig:
+    """`recsim_mm.ranker.TrainConfig` of one ranker (seed ``seed``) from the ``ranker`` section."""
+    section = {k: v for k, v in dataclasses.asdict(config.ranker).items() if k not in ("ablations", "ndcg_k")}
+    return TrainConfig(seed=seed, device=device, **section)
+
+
+def agent_config(config: ExperimentConfig, algo: str, seed: int, device: str) -> AgentConfig:
+    """`agents.train.AgentConfig` of one RL run from the ``ppo`` / ``dqn`` section."""
+    section = {k: v for k, v in dataclasses.asdict(getattr(config, algo)).items()
+               if k not in dict.fromkeys(name for name, _, _ in AGENT_EXTRA)}
+    return AgentConfig(algo=algo, seed=seed, device=device, scorer=dataclasses.asdict(config.scorer), **section)
+
+
+_LIBRARY_FIELD = re.compile(r"\b(?:ScorerConfig|TrainConfig|AgentConfig)\.(\w+)")
+
+
+def _library_checked(section: str, build: typing.Callable[[], Any]) -> Any:
+    """``build()``, with a library config's ValueError turned into a ConfigError that names
+    the config key (``section.<field>``, the field the library's message names)."""
+    try:
+        return build()
+    except ValueError as exc:
+        match = _LIBRARY_FIELD.search(str(exc))
+        key = f"{section}.{match.group(1)}" if match else section
+        raise ConfigError(f"config key {key!r}: {exc}") from None
+
+
 def validate(config: ExperimentConfig) -> None:
-    """Range and choice checks that need no library import (the runner checks the rest:
-    env id, user model, encoders, catalog file, device, folders).
+    """Checks of the experiment's own settings; the scorer, ranker and agent sections are
+    checked by building the library's config objects from them (their checks, defined
+    once there, become errors naming the key). The runner checks what needs the
+    environment registry or files (env id, user model, encoders, catalog, device, folders).
 
     Raises:
         ConfigError: naming the key, the value and what was expected.
@@ -468,7 +562,8 @@ def validate(config: ExperimentConfig) -> None:
     _require(len(c.seeds) >= 1 and all(s >= 0 for s in c.seeds), "seeds", c.seeds,
              "a non-empty list of integers >= 0")
     _require(len(set(c.seeds)) == len(c.seeds), "seeds", c.seeds, "distinct seeds")
-    _require(c.threads >= 0, "threads", c.threads, "an integer >= 0 (0: torch's default)")
+    _require(c.threads is None or c.threads >= 0, "threads", c.threads,
+             "null (from the machine), 0 (torch's default) or an integer >= 1")
     _require(len(c.agents) >= 1, "agents", c.agents, f"a non-empty list from {list(KNOWN_AGENTS)}")
     for name in c.agents:
         if name not in KNOWN_AGENTS:
@@ -480,32 +575,42 @@ def validate(config: ExperimentConfig) -> None:
     _require(len(set(c.agents)) == len(c.agents), "agents", c.agents, "each agent once")
     _require(c.catalog.missing_image in ("error", "blank"), "catalog.missing_image",
              c.catalog.missing_image, "'error' or 'blank'")
-    for key in ("catalog.num_items", "catalog.num_topics", "encoders.d_text", "encoders.d_image",
+    for key in ("catalog.num_items", "encoders.d_text", "encoders.d_image",
                 "env.num_candidates", "env.history_length", "env.max_steps", "logging.num_users",
-                "logging.test_users", "ranker.batch_size", "ranker.max_epochs", "ranker.patience",
-                "ranker.ndcg_k", "ppo.total_steps", "ppo.num_envs", "ppo.checkpoint_every",
-                "dqn.total_steps", "dqn.num_envs", "dqn.checkpoint_every", "eval.num_users",
-                "scorer.hidden_dim", "scorer.num_heads"):
+                "logging.test_users", "ranker.ndcg_k", "eval.num_users"):
         value = _get(c, key)
         _require(value >= 1, key, value, "an integer >= 1")
     for key in ("eval.curve_users", "eval.curve_every", "eval.trace_users", "eval.seed_offset",
-                "eval.curve_seed_offset", "logging.seed", "catalog.seed"):
+                "eval.curve_seed_offset", "eval.tune_users", "eval.tune_seed_offset", "logging.seed", "catalog.seed"):
         value = _get(c, key)
         _require(value >= 0, key, value, "an integer >= 0")
-    _require(c.env.reward in ("engagement", "click"), "env.reward", c.env.reward, "'engagement' or 'click'")
-    _require(c.env.obs_mode in ("ids", "embeddings"), "env.obs_mode", c.env.obs_mode, "'ids' or 'embeddings'")
+    _require(2 <= c.catalog.num_topics <= len(TOPICS), "catalog.num_topics", c.catalog.num_topics,
+             f"an integer in [2, {len(TOPICS)}] (the synthetic catalog's topics)")
+    _require(32 <= c.catalog.image_size <= 512, "catalog.image_size", c.catalog.image_size,
+             "an integer in [32, 512] (pixels)")
+    _require(c.encoders.image_size is None or 32 <= c.encoders.image_size <= 1024, "encoders.image_size",
+             c.encoders.image_size, "null (the CNN's native size) or an integer in [32, 1024] (pixels)")
+    ids = env_ids(c)
+    _require(len(ids) >= 1 and len(set(ids)) == len(ids), "env.id", c.env.id, "an id or a non-empty list of distinct ids")
+    _require(c.env.reward in REWARDS, "env.reward", c.env.reward, f"one of {list(REWARDS)}")
+    _require(c.env.obs_mode in OBS_MODES, "env.obs_mode", c.env.obs_mode, f"one of {list(OBS_MODES)}")
     _require(c.logging.policy in LOGGING_POLICIES, "logging.policy", c.logging.policy,
              f"one of {list(LOGGING_POLICIES)}")
     _require(0.0 <= c.logging.epsilon <= 1.0, "logging.epsilon", c.logging.epsilon, "a number in [0, 1]")
+    _require(c.logging.noise_std >= 0.0, "logging.noise_std", c.logging.noise_std, "a number >= 0")
+    _require(c.logging.temperature > 0.0, "logging.temperature", c.logging.temperature, "a number > 0")
     _require(c.ranker.ndcg_k <= c.env.num_candidates, "ranker.ndcg_k", c.ranker.ndcg_k,
              f"at most env.num_candidates = {c.env.num_candidates}")
-    for algo in ("ppo", "dqn"):
+    _library_checked("scorer", lambda: scorer_config(c, c.encoders.d_text, c.encoders.d_image))
+    _library_checked("ranker", lambda: ranker_train_config(c, 0, "cpu"))
+    for algo in RL_AGENTS:
         section = getattr(c, algo)
         _require(section.reward in ("simulator", "ranker"), f"{algo}.reward", section.reward,
                  "'simulator' or 'ranker'")
         if algo in c.agents:
             _require(section.warm_start or section.cold_start, f"{algo}.warm_start", section.warm_start,
                      f"true, or {algo}.cold_start=true: agent {algo!r} is listed in 'agents'")
+        _library_checked(algo, lambda algo=algo: agent_config(c, algo, 0, "cpu"))
 
 
 def _get(config: Any, key: str) -> Any:
@@ -515,10 +620,23 @@ def _get(config: Any, key: str) -> Any:
 
 
 def to_dict(config: ExperimentConfig) -> dict:
-    """The config as plain nested data (for `config.yaml` and stage hashes)."""
-    return dataclasses.asdict(config)
+    """The config as plain nested data (for `config.yaml` and stage hashes); tuples become
+    lists, as YAML reads them back."""
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(dataclasses.asdict(config))
 
 
 def to_yaml(config: ExperimentConfig) -> str:
     """The resolved config as YAML that `load_config` reads back (keys in schema order)."""
     return yaml.safe_dump(to_dict(config), sort_keys=False, default_flow_style=None)
+
+
+def env_ids(config: ExperimentConfig) -> list[str]:
+    """The experiment's environments: ``env.id`` as a list (one id, or a suite)."""
+    return [config.env.id] if isinstance(config.env.id, str) else list(config.env.id)

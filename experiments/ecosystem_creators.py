@@ -1,6 +1,6 @@
 """Creators ecosystem: fixed creators vs creators learning where to publish (shared-parameter PPO).
 
-    python experiments/ecosystem_creators.py [--steps 40000] [--out results/ecosystem_creators]
+    .venv/bin/python experiments/ecosystem_creators.py [--steps 40000] [--out results/ecosystem_creators]
 
 1. Fixed creators: every creator stays where it starts (`StayPolicy`).
 2. Learning creators: one PPO shared by all creators (SuperSuit parameter sharing,
@@ -32,6 +32,7 @@ import torch  # noqa: E402
 
 from agents.ecosystem_training import StayPolicy, run_episode, train_shared  # noqa: E402
 from envs.ecosystems import creators  # noqa: E402
+from recsim_mm.device import default_torch_threads  # noqa: E402
 from recsim_mm.pipeline import default_item_space  # noqa: E402
 
 METRICS = ("exposure_gini", "diversity", "spread", "welfare")
@@ -70,7 +71,7 @@ def summarise(histories: list) -> dict[str, dict]:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    torch.set_num_threads(1)  # the 2-core box is shared; 2 threads collapse under load
+    torch.set_num_threads(default_torch_threads())
     space = default_item_space(num_items=args.items)
     options = dict(
         item_space=space,
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
     learned_runs = [run_episode(env, learned, seed=s) for s in eval_seeds]
 
     summary = {
-        "command": "python experiments/ecosystem_creators.py "
+        "command": ".venv/bin/python experiments/ecosystem_creators.py "
         + " ".join(sys.argv[1:] if argv is None else argv),
         "options": {k: v for k, v in vars(args).items() if k != "out"},
         "train_seconds": round(train_s, 1),

@@ -1,6 +1,6 @@
 """Competing platforms: who wins the users? Greedy vs random, and PPO platforms trained briefly.
 
-    python experiments/ecosystem_platforms.py [--steps 5000] [--out results/ecosystem_platforms]
+    .venv/bin/python experiments/ecosystem_platforms.py [--steps 5000] [--out results/ecosystem_platforms]
 
 1. Greedy vs random: platform_0 recommends the candidate of highest true affinity
    (privileged oracle), platform_1 at random. No training.
@@ -43,6 +43,7 @@ from agents.ecosystem_training import (  # noqa: E402
     train_shared,
 )
 from envs.ecosystems import platforms  # noqa: E402
+from recsim_mm.device import default_torch_threads  # noqa: E402
 from recsim_mm.pipeline import default_item_space  # noqa: E402
 from recsim_mm.scorer import ScorerConfig  # noqa: E402
 
@@ -79,7 +80,7 @@ def summarise(histories: list) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    torch.set_num_threads(1)  # the 2-core box is shared; 2 threads collapse under load
+    torch.set_num_threads(default_torch_threads())
     space = default_item_space(num_items=args.items)
     options = dict(
         item_space=space,
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
         runs["shared PPO (self-play) vs random"] = evaluate(shared)
 
     summary = {
-        "command": "python experiments/ecosystem_platforms.py "
+        "command": ".venv/bin/python experiments/ecosystem_platforms.py "
         + " ".join(sys.argv[1:] if argv is None else argv),
         "options": {k: v for k, v in vars(args).items() if k != "out"},
         "train_seconds": {k: round(v, 1) for k, v in timings.items()},

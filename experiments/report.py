@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import csv
 import math
+import shutil
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +22,20 @@ from scipy import stats
 #: Metrics of `agents.evaluation.EvalResult.summary`, in table order, with their units.
 METRICS = {
     "episode_return": "true simulator return per session",
-    "ctr": "clicks per step",
-    "engagement_per_step": "minutes per step",
     "session_length": "steps per session",
+    "ctr": "clicks per step",
+    "minutes_per_click": "minutes watched per click",
+    "recommended_duration": "mean duration of the recommended item (minutes)",
+    "engagement_per_step": "minutes per step",
     "session_diversity": "1 - mean cosine between a user's clicked items",
     "intra_list_diversity": "1 - mean cosine within a slate (slate envs only)",
     "novelty": "mean -log2 popularity share of recommended items (bits)",
     "coverage": "share of the catalog ever recommended",
 }
+#: Privileged references every summary reports fractions of (`agents.references`).
+REFERENCES = ("myopic_oracle", "planning")
+#: The return broken down: per user, return = session_length x ctr x minutes_per_click.
+BREAKDOWN = ("episode_return", "session_length", "ctr", "minutes_per_click", "recommended_duration")
 #: Metrics drawn in the bar chart.
 BAR_METRICS = ("episode_return", "ctr", "engagement_per_step", "session_length",
                "session_diversity", "coverage")
@@ -135,16 +143,34 @@ def reading(
     """A short plain-language reading of the results (what the tables say, no more)."""
     out = []
     means = {s: mean_ci([m["episode_return"] for m in per.values()])[0] for s, per in metrics.items()}
-    fair = {s: v for s, v in means.items() if s != "oracle"}
+    fair = {s: v for s, v in means.items() if s not in ("oracle", *REFERENCES)}
     if fair:
         best = max(fair, key=fair.get)
-        out.append(f"- Highest mean episode return (excluding the privileged oracle): **{best}** "
+        out.append(f"- Highest mean episode return among deployable strategies: **{best}** "
                    f"({fair[best]:.2f}).")
     if "oracle" in means:
-        out.append(f"- The oracle reads the true affinities (privileged); it is the upper bound of "
-                   f"myopic play ({means['oracle']:.2f}), not a deployable strategy. An RL agent can "
-                   "exceed it only by planning over the session.")
+        out.append(f"- `oracle` ranks by true affinity alone (privileged, {means['oracle']:.2f}); it ignores "
+                   "quality, satiation and duration, so it is a diagnostic, not the best myopic play.")
+    if set(REFERENCES) <= set(means):
+        headroom = means["planning"] - means["myopic_oracle"]
+        out.append(f"- References (privileged): the myopic oracle, greedy on the true expected reward, "
+                   f"scores {means['myopic_oracle']:.2f}: no one-step-greedy policy beats it on average. The "
+                   f"planning reference (true one-step lookahead) scores {means['planning']:.2f}: planning "
+                   f"headroom {headroom:+.2f} per session.")
+        seeds = sorted(metrics["planning"])
+        h = paired_difference([metrics["planning"][s]["episode_return"] for s in seeds],
+                              [metrics["myopic_oracle"][s]["episode_return"] for s in seeds])
+        if np.isfinite(h["ci_low"]) and h["ci_low"] > 0:
+            for strategy, c in comparisons.items():
+                if "-" in strategy and strategy not in REFERENCES:  # an RL agent
+                    out.append(f"- **{strategy}**: gain over greedy {c['diff']:+.2f} = "
+                               f"{c['diff'] / headroom:.0%} of the planning headroom.")
+        else:
+            out.append("- The planning headroom is not distinguishable from 0 here (95% CI "
+                       f"[{h['ci_low']:+.2f}, {h['ci_high']:+.2f}]), so no gain is expressed as a share of it.")
     for strategy, c in comparisons.items():
+        if strategy in REFERENCES or "-" not in strategy and strategy != "mmr":
+            continue  # the verdicts are for RL agents and MMR; the rest are in the tables
         if c["n"] < 2 or not np.isfinite(c["ci_low"]):
             verdict = f"a single seed gives no interval (difference {c['diff']:+.2f}); run more seeds"
         elif c["ci_low"] > 0:
@@ -167,42 +193,199 @@ def reading(
     return "\n".join(out)
 
 
-def summary_markdown(
-    title: str,
-    setting: str,
-    metrics: dict[str, dict[int, dict[str, float]]],
-    metric_names: Sequence[str],
-    comparisons: dict[str, dict[str, float]],
-    offline: dict[str, dict[int, dict[str, float]]],
-    ndcg_k: int,
-    env_id: str,
-    run_dir: Path,
-) -> str:
-    """The text of ``summary.md``: setting, comparison table, paired comparison with the
-    greedy ranker, the ranker's offline metrics, a short reading and the file list."""
-    out = [f"# {title}", "", setting, "",
-           "## Comparison on held-out users", "",
-           "Mean over seeds ± half-width of the 95% Student-t confidence interval. "
-           "`oracle` is privileged (reads true affinities).", "",
-           comparison_table(metrics, metric_names), ""]
-    if comparisons:
-        out += ["## Paired comparison with the greedy ranker", "",
-                "Per seed, both strategies served the same held-out users; the difference "
-                "of episode returns is averaged over seeds.", "",
-                paired_table(comparisons, "episode_return"), ""]
-    if offline:
-        out += [f"## Ranker, offline (held-out logged users; NDCG/Recall@{ndcg_k} against true affinities)",
-                "", ranker_table(offline), ""]
-    out += ["## Reading", "", reading(metrics, comparisons, offline, env_id), "",
-            "## Files", "",
-            "- `metrics.csv` (strategy, seed, metric, value), `ranker_metrics.csv`, "
-            "`paired_comparison.csv`, `learning_curves.csv`",
-            "- `plots/`: `metrics.png` (bars with 95% CIs), `learning_curves.png` (with the greedy "
-            "level), `interest_trajectory.png` (one held-out user, greedy vs RL)",
-            f"- `tensorboard/`: `tensorboard --logdir {run_dir / 'tensorboard'}`",
-            "- `checkpoints/`, `config.yaml` (re-run with `python experiments/run.py "
-            f"preset={run_dir / 'config.yaml'}`), `stages.json` (which stages ran or were reused)", ""]
+# -- the results folder -----------------------------------------------------------------------
+
+
+@dataclass
+class EnvResults:
+    """What an experiment found on one environment; `write_report` turns it into files.
+
+    Attributes:
+        env_id: the environment's Gymnasium id.
+        strategies: strategy names in report order.
+        seeds: experiment seeds.
+        metrics: ``{strategy: {seed: {metric: value}}}`` on held-out users.
+        curve_levels: ``{strategy: {seed: episode return}}`` on the learning-curve users
+            (the reference level drawn into the curves).
+        rl_strategies: the RL strategies (``algo-start``), compared with the greedy ranker.
+        offline: the ranker's held-out offline metrics ``{modality: {seed: {metric: value}}}``.
+        curves: ``{strategy: {seed: [(step, episode return), ...]}}``.
+        traces: one held-out user's hidden state per strategy (see
+            `plot_interest_trajectory`), or None.
+        artifacts: ``{name: (checkpoint file, tensorboard folder)}`` copied into the
+            results folder as ``checkpoints/<name>.pt`` and ``tensorboard/<name>/``.
+        tuned: what was tuned on training users (``planning``: horizon in steps,
+            ``mmr-seed<s>``: diversity).
+    """
+
+    env_id: str
+    strategies: list[str]
+    seeds: list[int]
+    metrics: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
+    curve_levels: dict[str, dict[int, float]] = field(default_factory=dict)
+    rl_strategies: list[str] = field(default_factory=list)
+    offline: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
+    curves: dict[str, dict[int, list[tuple[int, float]]]] = field(default_factory=dict)
+    traces: dict[str, dict[str, np.ndarray]] | None = None
+    artifacts: dict[str, tuple[Path, Path]] = field(default_factory=dict)
+    tuned: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def metric_names(self) -> list[str]:
+        """The `METRICS` that some strategy reported, in table order."""
+        return [m for m in METRICS if any(m in v for per in self.metrics.values() for v in per.values())]
+
+    def comparisons(self) -> dict[str, dict[str, float]]:
+        """`paired_difference` of every other strategy's episode return with the greedy
+        ranker's (the expected-reward baseline)."""
+        if "greedy" not in self.metrics:
+            return {}
+        greedy = [self.metrics["greedy"][s]["episode_return"] for s in self.seeds]
+        return {name: paired_difference([self.metrics[name][s]["episode_return"] for s in self.seeds], greedy)
+                for name in self.strategies if name != "greedy"}
+
+
+def write_report(run_dir: Path, results: EnvResults, config_yaml: str, topic_names: Sequence[str] | None,
+                 item_space_file: Path) -> None:
+    """Write the results folder but ``summary.md``: ``config.yaml``, the CSV files, ``plots/``,
+    ``checkpoints/``, ``tensorboard/`` and ``item_space.pt`` (the item space every checkpoint
+    was trained on, so a copied folder reloads on its own; see `summary_markdown`)."""
+    (run_dir / "config.yaml").write_text(config_yaml)
+    shutil.copy2(item_space_file, run_dir / "item_space.pt")
+    metrics, names = results.metrics, results.metric_names
+    write_rows(run_dir / "metrics.csv", ["strategy", "seed", "metric", "value"],
+               [(name, seed, m, float(metrics[name][seed][m]))
+                for name in results.strategies for seed in results.seeds for m in names])
+    write_rows(run_dir / "ranker_metrics.csv", ["ranker", "seed", "metric", "value"],
+               [(mod, seed, m, float(v)) for mod, per in results.offline.items()
+                for seed, values in per.items() for m, v in values.items()])
+    if "greedy" in metrics:
+        write_rows(run_dir / "paired_comparison.csv",
+                   ["strategy", "baseline", "metric", "diff", "ci_low", "ci_high", "p_value", "wins", "n"],
+                   [(n, "greedy", "episode_return", c["diff"], c["ci_low"], c["ci_high"], c["p_value"],
+                     c["wins"], c["n"]) for n, c in results.comparisons().items()])
+    plots = run_dir / "plots"
+    plots.mkdir()
+    plot_metric_bars(metrics, plots / "metrics.png")
+    if results.curves:
+        level = mean_ci(list(results.curve_levels.get("greedy", {}).values()))[0]
+        plot_learning_curves(results.curves, level, plots / "learning_curves.png")
+        write_rows(run_dir / "learning_curves.csv", ["strategy", "seed", "step", "episode_return"],
+                   [(n, s, step, float(r)) for n, per in results.curves.items() for s, rows in per.items()
+                    for step, r in rows])
+    if results.traces:
+        plot_interest_trajectory(results.traces, topic_names, plots / "interest_trajectory.png")
+    (run_dir / "checkpoints").mkdir()
+    for name, (checkpoint, tensorboard) in results.artifacts.items():
+        shutil.copy2(checkpoint, run_dir / "checkpoints" / f"{name}.pt")
+        if tensorboard.is_dir():
+            shutil.copytree(tensorboard, run_dir / "tensorboard" / name)
+
+
+def _returns(per_seed: dict[int, dict[str, float]], seeds: Sequence[int], metric: str = "episode_return"):
+    return [float(per_seed[s][metric]) for s in seeds]
+
+
+def suite_table(results: dict[str, EnvResults], baseline: str = "greedy") -> str:
+    """The first table of ``summary.md``: strategy x environment.
+
+    Each cell: mean episode return ± 95% CI over seeds; ``Δ`` the paired difference with
+    ``baseline`` (the expected-reward greedy ranker) and its 95% CI; then the return as a
+    fraction of the myopic oracle / of the planning reference (same users).
+    """
+    names = list(dict.fromkeys(n for r in results.values() for n in r.strategies))
+    lines = ["| strategy | " + " | ".join(f"`{e.split('/')[-1]}`" for e in results) + " |",
+             "|---|" + "---|" * len(results)]
+    for name in names:
+        cells = []
+        for r in results.values():
+            if name not in r.metrics:
+                cells.append("–")
+                continue
+            mean, half = mean_ci(_returns(r.metrics[name], r.seeds))
+            cell = _fmt(mean, half, 1)
+            if baseline in r.metrics and name != baseline:
+                c = paired_difference(_returns(r.metrics[name], r.seeds), _returns(r.metrics[baseline], r.seeds))
+                ci = "" if not np.isfinite(c["ci_low"]) else f" [{c['ci_low']:+.1f}, {c['ci_high']:+.1f}]"
+                cell += f"; Δ {c['diff']:+.1f}{ci}"
+            fractions = [mean / mean_ci(_returns(r.metrics[ref], r.seeds))[0] for ref in REFERENCES if ref in r.metrics]
+            if len(fractions) == len(REFERENCES) and name not in REFERENCES:
+                cell += "; " + " / ".join(f"{f:.2f}" for f in fractions)
+            cells.append(cell)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def headroom_lines(results: dict[str, EnvResults]) -> str:
+    """Per environment: planning reference minus myopic oracle, paired over seeds."""
+    out = []
+    for env_id, r in results.items():
+        if not set(REFERENCES) <= set(r.metrics):
+            continue
+        c = paired_difference(_returns(r.metrics["planning"], r.seeds), _returns(r.metrics["myopic_oracle"], r.seeds))
+        myopic = mean_ci(_returns(r.metrics["myopic_oracle"], r.seeds))[0]
+        ci = "" if not np.isfinite(c["ci_low"]) else f", 95% CI [{c['ci_low']:+.2f}, {c['ci_high']:+.2f}]"
+        horizon = r.tuned.get("planning")
+        tuned = f" (horizon {horizon:g} steps, tuned on training users)" if horizon is not None else ""
+        out.append(f"- `{env_id}`: {c['diff']:+.2f} per session{ci}; {c['diff'] / myopic:+.0%} of the myopic "
+                   f"oracle{tuned}.")
     return "\n".join(out)
+
+
+def summary_markdown(title: str, setting: str, results: dict[str, EnvResults],
+                     sections: Sequence[tuple[str, str, Path]], ndcg_k: int, run_dir: Path) -> str:
+    """The text of ``summary.md``: the strategy x environment table, the planning headroom,
+    then per environment the breakdown of every return, the paired comparison with the
+    greedy ranker, the ranker's offline metrics and a short reading; then the file list.
+
+    Args:
+        sections: ``(env_id, user model description, folder of that environment's files)``.
+    """
+    out = [f"# {title}: supervised vs RL on {len(results)} environment(s)", "", setting, "",
+           "## Strategy x environment (held-out users)", "",
+           "Each cell: episode return, mean over seeds ± 95% CI; Δ = paired difference with `greedy` "
+           "(the supervised ranker's expected-reward greedy policy, same users) [95% CI]; then the return as "
+           "a fraction of the myopic oracle / of the planning reference. `myopic_oracle` and `planning` are "
+           "privileged references that read the hidden user state (docs/agents.md, \"References\"), not "
+           "strategies.", "", suite_table(results), ""]
+    headroom = headroom_lines(results)
+    if headroom:
+        out += ["## Planning headroom (planning reference - myopic oracle, same users)", "", headroom, ""]
+    for env_id, user_model, folder in sections:
+        r = results[env_id]
+        rel = folder.relative_to(run_dir)
+        prefix = "" if str(rel) == "." else f"{rel}/"
+        out += [f"## `{env_id}`", "", f"User model: {user_model}.", "",
+                "Where each return comes from (per user, return = session_length x ctr x minutes_per_click; "
+                "mean over seeds ± 95% CI):", "", comparison_table(r.metrics, BREAKDOWN), ""]
+        comparisons = r.comparisons()
+        if comparisons:
+            out += ["Paired with the greedy ranker (same held-out users per seed):", "",
+                    paired_table(comparisons, "episode_return"), ""]
+        if r.offline:
+            out += [f"Ranker, offline (held-out logged users; NDCG/Recall@{ndcg_k} against true affinities):",
+                    "", ranker_table(r.offline), ""]
+        if r.tuned:
+            out += ["Tuned on training users: " + ", ".join(f"{k} = {v:g}" for k, v in r.tuned.items()), ""]
+        out += ["Reading:", "", reading(r.metrics, comparisons, r.offline, env_id), "",
+                f"Every metric: `{prefix}metrics.csv`; plots: `{prefix}plots/`.", ""]
+    out += ["## Files", "",
+            "- per environment (in its folder for a suite): `metrics.csv` (strategy, seed, metric, value), "
+            "`ranker_metrics.csv`, `paired_comparison.csv`, `learning_curves.csv`, `plots/`, `checkpoints/`, "
+            "`tensorboard/`, `item_space.pt` (what the checkpoints were trained on: "
+            "`Ranker.load(checkpoint, ItemSpace.load('item_space.pt'))`), `config.yaml`",
+            f"- TensorBoard: `.venv/bin/tensorboard --logdir {run_dir}`",
+            f"- re-run: `.venv/bin/python experiments/run.py preset={run_dir / sections[0][2].relative_to(run_dir) / 'config.yaml'}`;"
+            " `stages.json` lists which stages ran or were reused",
+            "- compare with another results folder (per environment folder): "
+            "`.venv/bin/python experiments/compare.py A B`", ""]
+    return "\n".join(out)
+
+
+def write_summary(run_dir: Path, title: str, setting: str, results: dict[str, EnvResults],
+                  sections: Sequence[tuple[str, str, Path]], ndcg_k: int) -> None:
+    """Write ``summary.md`` (`summary_markdown`) at the top of the results folder."""
+    (run_dir / "summary.md").write_text(summary_markdown(title, setting, results, sections, ndcg_k, run_dir))
 
 
 # -- plots -----------------------------------------------------------------------------------

@@ -1,19 +1,26 @@
 """One command from nothing to a comparison of the supervised ranker, PPO, DQN and baselines.
 
-    python experiments/run.py [preset=quick|default|full|path.yaml] [key=value ...]
+    .venv/bin/python experiments/run.py [preset=quick|default|full|path.yaml] [key=value ...]
+    .venv/bin/python experiments/run.py --help
 
-The pipeline reads top to bottom, one numbered stage after another:
+The experiment reads top to bottom as stage functions, one screen each (see `main`):
 
-0. configuration and input checks: every user input is checked here, before anything
-   is trained (unknown keys, types, agents, user model, encoders, catalog file,
-   device, writable folders);
-1. catalog -> embeddings -> item space;
-2. logged interactions (a logging policy on simulated users);
-3. the supervised ranker per seed (+ text-only / image-only ablations);
-4. the RL agents per seed (PPO / DQN, warm-started from the ranker and/or cold);
-5. evaluation of every strategy on the same held-out users of each seed;
-6. the report: ``<results_dir>/<name>-<timestamp>/`` (summary.md, metrics.csv, plots,
-   tensorboard/, checkpoints/, config.yaml).
+0. `check_inputs`: every user input is checked before anything is trained (unknown
+   keys, types, ranges, agents, user model, encoders, catalog file, device, folders);
+1. `item_space_stage`: catalog -> embeddings -> item space (shared by every environment);
+2. `logs_stage`: logged interactions (a logging policy on simulated users);
+3. `rankers_stage`: the supervised ranker per seed (+ text-only / image-only ablations);
+4. `agents_stage`: the RL agents per seed (PPO / DQN, warm-started from the ranker and/or cold);
+5. `evaluation_stage`: every strategy on the same held-out users of each seed;
+6. `experiments.report.write_report`: ``<results_dir>/<name>-<timestamp>/`` (summary.md,
+   metrics.csv, plots, tensorboard/, checkpoints/ with the item space, config.yaml).
+
+Stages 2-5 take the environment (`EnvSetup`) as an argument, so an experiment over
+several environments runs them once per environment on the one item space. Their
+units (one ranker, one (agent, seed) training run, one evaluation) are the plain
+functions `train_ranker_unit`, `train_agent_unit` and `evaluate_unit` of picklable
+inputs; `StageRunner.run` is the one place that decides "compute, finish and record,
+or reuse".
 
 Stages 1-5 are cached in ``<cache_dir>/<stage>-<hash>/`` (default
 ``results/.cache``), the hash covering exactly the config the stage depends on, its
@@ -29,10 +36,11 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -46,12 +54,14 @@ if str(ROOT) not in sys.path:
 import gymnasium  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import envs  # noqa: E402,F401  (registers the recsim_mm/ ids)
-from agents.baselines import PopularRecommender, make_baseline  # noqa: E402
+from agents.baselines import MMRRecommender, PopularRecommender, make_baseline  # noqa: E402
+from agents.callbacks import LearningCurveCallback, ProgressCallback  # noqa: E402
 from agents.evaluation import evaluate_policy  # noqa: E402
+from agents.references import MyopicOracle, PlanningReference, tune_planning_horizon  # noqa: E402
+from agents.tracing import trace_hidden_state  # noqa: E402
 from agents.train import (  # noqa: E402
     AgentConfig,
     build_agent,
@@ -64,15 +74,23 @@ from envs.vector_env import RecVectorEnv  # noqa: E402
 from experiments import report  # noqa: E402
 from experiments.config import (  # noqa: E402
     BASELINE_AGENTS,
+    RANKER_AGENTS,
+    REFERENCE_AGENTS,
     RL_AGENTS,
     ConfigError,
     ExperimentConfig,
+    agent_config,
+    env_ids,
+    help_text,
     load_config,
+    ranker_train_config,
+    scorer_config,
     to_yaml,
 )
 from recsim_mm.catalog import Catalog, CatalogError, load_catalog  # noqa: E402
-from recsim_mm.device import resolve_device  # noqa: E402
+from recsim_mm.device import default_torch_threads, resolve_device  # noqa: E402
 from recsim_mm.encoders import ImageEncoder, TextEncoder  # noqa: E402
+from recsim_mm.files import source_hash, write_json  # noqa: E402
 from recsim_mm.item_space import ItemSpace  # noqa: E402
 from recsim_mm.logs import (  # noqa: E402
     EpsilonMixture,
@@ -92,20 +110,14 @@ CACHE_FORMAT = "recsim_mm.ExperimentStage/1"
 NUM_STAGES = 6
 
 
-# -- the stage cache -------------------------------------------------------------------------
+# -- the stage cache and its runner ----------------------------------------------------------
 
 
 @cache
 def code_version(*packages: str) -> str:
     """Hash of the Python sources of ``packages`` (folders under the repository root, or
     files): a stage's key includes the code it runs, so an edit never reuses stale output."""
-    h = hashlib.sha256()
-    for package in packages:
-        root = ROOT / package
-        files = sorted(root.rglob("*.py")) if root.is_dir() else [root]
-        for file in files:
-            h.update(str(file.relative_to(ROOT)).encode() + b"\0" + file.read_bytes())
-    return h.hexdigest()[:12]
+    return source_hash([ROOT / p for p in packages], root=ROOT)
 
 
 class Stage:
@@ -142,13 +154,6 @@ class Stage:
         return json.loads((self.dir / "done.json").read_text())
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temporary file + rename): a crash never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
-    tmp.replace(path)
-
-
 class Progress:
     """Stage headers on stdout and progress bars (progress, rate, time left) on stderr."""
 
@@ -174,65 +179,77 @@ class Progress:
                              "status": status, "seconds": round(seconds, 2), **extra})
 
 
-class ProgressCallback(BaseCallback):
-    """Advances a progress bar by the environment steps an SB3 model takes."""
+class StageRunner:
+    """Runs stage units through the cache: the one place that decides compute or reuse.
 
-    def __init__(self, bar: tqdm):
-        super().__init__()
-        self.bar = bar
-        self._last = 0
-
-    def _on_training_start(self) -> None:
-        self.bar.update(self.num_timesteps)  # a resumed run starts past zero
-        self._last = self.num_timesteps
-
-    def _on_step(self) -> bool:
-        self.bar.update(self.num_timesteps - self._last)
-        self._last = self.num_timesteps
-        return True
-
-
-class LearningCurveCallback(BaseCallback):
-    """Every ``every`` environment steps: the deterministic policy's episode return on
-    held-out curve users (``curve.csv`` and TensorBoard ``eval/episode_return``).
-
-    Deterministic prediction draws no random numbers and the curve users have their
-    own simulator, so the curve never changes the training run it measures.
+    A unit is a function ``compute(folder) -> info`` writing its outputs into the stage
+    folder and returning a JSON-able summary. `run` calls it only when the stage is not
+    done, marks the stage finished with that summary and records what happened; a
+    finished stage is reused as is. A local runner calls units in-process; an executor
+    that ships units elsewhere needs only to replace `run`.
     """
 
-    def __init__(self, env: RecVectorEnv, seed: int, every: int, item_table: torch.Tensor, path: Path):
-        super().__init__()
-        self.env, self.seed, self.every, self.item_table, self.path = env, seed, every, item_table, path
-        self.rows: list[tuple[int, float]] = []
-        self._next = 0
+    def __init__(self, cache_dir: Path, progress: Progress):
+        self.cache_dir, self.progress = cache_dir, progress
 
-    def _on_training_start(self) -> None:
-        if self.path.exists():  # a resumed run: keep the points up to its checkpoint
-            rows = json.loads(self.path.read_text())
-            self.rows = [(int(s), float(r)) for s, r in rows if s <= self.num_timesteps]
-        if not self.rows or self.rows[-1][0] < self.num_timesteps:
-            self._evaluate()
-        self._next = (self.num_timesteps // self.every + 1) * self.every
+    def stage(self, name: str, code: tuple[str, ...], **parts: Any) -> Stage:
+        """The `Stage` of unit ``name`` keyed by ``parts`` and the sources ``code``."""
+        return Stage(self.cache_dir, name, code, **parts)
 
-    def _on_step(self) -> bool:
-        if self.num_timesteps >= self._next:
-            self._evaluate()
-            self._next = (self.num_timesteps // self.every + 1) * self.every
-        return True
+    def run(self, stage: Stage, compute: Callable[[Path], dict], keep: tuple[str, ...] = (),
+            **record: Any) -> dict:
+        """Compute ``stage`` unless it is done; return its recorded info.
 
-    def _on_training_end(self) -> None:
-        if self.rows[-1][0] < self.num_timesteps:
-            self._evaluate()
+        Args:
+            stage: the unit's cache entry.
+            compute: ``folder -> info``; an ``info["resumed_from"]`` step that is not
+                None is recorded as ``resumed from step N``.
+            keep: keys of the info copied into the unit's ``stages.json`` record.
+            **record: extra fields of that record (strategy, seed...).
+        """
+        started = time.perf_counter()
+        if stage.done:
+            self.progress.record(stage, "cached", **record)
+            return stage.info()
+        info = compute(stage.start())
+        stage.finish(**info)
+        resumed = info.get("resumed_from")
+        status = "computed" if resumed is None else f"resumed from step {resumed}"
+        self.progress.record(stage, status, time.perf_counter() - started, **record,
+                             **{k: info[k] for k in keep})
+        return stage.info()
 
-    def _evaluate(self) -> None:
-        result = evaluate_policy(self.model, self.env, seed=self.seed, item_table=self.item_table)
-        value = result.summary()["episode_return"]
-        self.rows.append((int(self.num_timesteps), float(value)))
-        self.logger.record("eval/episode_return", value)
-        write_json(self.path, self.rows)
+
+@dataclass(frozen=True)
+class EnvSetup:
+    """One environment of an experiment: a registered id and its resolved options.
+
+    Attributes:
+        id: the Gymnasium id, e.g. ``"recsim_mm/Satiation-v0"``.
+        options: `envs.rec_env.RecEnvOptions` overrides without ``item_space``: the id's
+            registered options (user model, slate size) updated by the config's.
+    """
+
+    id: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> dict[str, Any]:
+        """What a stage's results depend on (the options but the device, which stages key apart)."""
+        return {k: v for k, v in self.options.items() if k != "device"}
+
+    @property
+    def slate_size(self) -> int | None:
+        """``S`` of a slate environment, None when one item is recommended per step."""
+        slate = self.options.get("slate_size", 1)
+        return slate if slate > 1 else None
+
+    def vector_env(self, num_users: int, item_space: ItemSpace, **overrides: Any) -> RecVectorEnv:
+        """The native batched environment of ``num_users`` users on ``item_space``."""
+        return RecVectorEnv(num_users, **{**self.options, "item_space": item_space, **overrides})
 
 
-# -- stage 0 helpers: inputs checked before anything is trained -------------------------------
+# -- stage 0: inputs checked before anything is trained ---------------------------------------
 
 
 def check_writable(folder: Path, key: str) -> None:
@@ -245,13 +262,14 @@ def check_writable(folder: Path, key: str) -> None:
         raise ConfigError(f"config key {key!r}: folder {str(folder)!r} is not writable ({exc})") from None
 
 
-def environment_options(config: ExperimentConfig, device: torch.device) -> dict[str, Any]:
-    """The env's options: its registered ones (user model, slate size), then the config's."""
+def environment_setup(config: ExperimentConfig, device: torch.device, env_id: str) -> EnvSetup:
+    """The `EnvSetup` of ``env_id`` (one of ``env.id``): its registered options (user model,
+    slate size), then the config's."""
     try:
-        spec = gymnasium.spec(config.env.id)
+        spec = gymnasium.spec(env_id)
     except gymnasium.error.Error as exc:
         ids = sorted(i for i in gymnasium.registry if i.startswith("recsim_mm/"))
-        raise ConfigError(f"config key 'env.id': unknown environment {config.env.id!r} ({exc}); "
+        raise ConfigError(f"config key 'env.id': unknown environment {env_id!r} ({exc}); "
                           f"registered ids: {ids}") from None
     options = dict(spec.kwargs)
     options.update(
@@ -266,16 +284,7 @@ def environment_options(config: ExperimentConfig, device: torch.device) -> dict[
         options["user_model"] = config.user_model
     if config.user_params:
         options["user_params"] = dict(config.user_params)
-    return options
-
-
-def agent_config(config: ExperimentConfig, algo: str, seed: int, device: torch.device) -> AgentConfig:
-    """`agents.train.AgentConfig` of one RL run from the experiment's ``ppo``/``dqn`` section."""
-    section = dataclasses.asdict(getattr(config, algo))
-    for name in ("warm_start", "cold_start", "reward"):
-        section.pop(name)
-    return AgentConfig(algo=algo, seed=seed, device=str(device),
-                       scorer=dataclasses.asdict(config.scorer), **section)
+    return EnvSetup(env_id, options)
 
 
 def rl_runs(config: ExperimentConfig) -> list[tuple[str, str]]:
@@ -287,6 +296,19 @@ def rl_runs(config: ExperimentConfig) -> list[tuple[str, str]]:
             runs += [(algo, start) for start, on in (("warm", section.warm_start),
                                                        ("cold", section.cold_start)) if on]
     return runs
+
+
+def strategies_of(config: ExperimentConfig) -> list[str]:
+    """Strategy names in report order: baselines, the greedy ranker (the expected-reward
+    baseline every other strategy is compared with, added when an RL agent or MMR is asked
+    for) and MMR, then ``algo-start``, then the privileged references."""
+    rl = rl_runs(config)
+    names = [a for a in config.agents if a in BASELINE_AGENTS]
+    if "greedy" in config.agents or "mmr" in config.agents or rl:
+        names.append("greedy")
+    names += [a for a in config.agents if a == "mmr"]
+    names += [f"{algo}-{start}" for algo, start in rl]
+    return names + [a for a in config.agents if a in REFERENCE_AGENTS]
 
 
 def check_held_out_seeds(config: ExperimentConfig) -> None:
@@ -309,31 +331,14 @@ def check_held_out_seeds(config: ExperimentConfig) -> None:
     if tests & curves:
         raise ConfigError("config keys 'eval.seed_offset' and 'eval.curve_seed_offset' give the same "
                           f"env seeds {sorted(tests & curves)}; the test users must be their own")
+    tuning = {config.eval.tune_seed_offset + s for s in [0, *config.seeds]}
+    if tests & tuning:
+        raise ConfigError("config keys 'eval.seed_offset' and 'eval.tune_seed_offset' give the same "
+                          f"env seeds {sorted(tests & tuning)}; nothing may be tuned on the test users")
 
 
-def check_inputs(config: ExperimentConfig) -> dict[str, Any]:
-    """Stage 0: everything that can be checked before any item is encoded or model trained.
-
-    Returns:
-        ``{"device", "env_options", "text_encoder", "image_encoder", "catalog" (a
-        loaded user catalog or None), "cache_dir", "results_dir"}``.
-
-    Raises:
-        ConfigError: naming the config key and the offending value.
-    """
-    try:
-        device = resolve_device(config.device)
-    except ValueError as exc:
-        raise ConfigError(f"config key 'device': {exc}") from None
-    env_options = environment_options(config, device)
-    rl = [a for a in config.agents if a in RL_AGENTS]
-    if rl and env_options.get("slate_size", 1) > 1:
-        raise ConfigError(f"config key 'agents': {rl} recommend one item per step, but env.id="
-                          f"{config.env.id!r} asks for slates; use a non-Slate id or drop them")
-    try:
-        resolve_user_model(env_options["user_model"])
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"config key 'user_model': {exc}") from None
+def check_encoders(config: ExperimentConfig, device: torch.device) -> tuple[TextEncoder, ImageEncoder]:
+    """The configured text and image encoders, or a ConfigError naming ``encoders.text/image``."""
     try:
         text_encoder = TextEncoder(model=config.encoders.text, device=device)
     except (ValueError, OSError) as exc:
@@ -345,6 +350,35 @@ def check_inputs(config: ExperimentConfig) -> dict[str, Any]:
                                      image_size=config.encoders.image_size)
     except (ValueError, OSError) as exc:
         raise ConfigError(f"config key 'encoders.image': {exc}") from None
+    return text_encoder, image_encoder
+
+
+def check_inputs(config: ExperimentConfig) -> dict[str, Any]:
+    """Stage 0: everything that can be checked before any item is encoded or model trained.
+
+    Returns:
+        ``{"device", "envs" (the `EnvSetup` of each environment), "text_encoder",
+        "image_encoder", "catalog" (a loaded user catalog or None), "cache_dir",
+        "results_dir"}``.
+
+    Raises:
+        ConfigError: naming the config key and the offending value.
+    """
+    try:
+        device = resolve_device(config.device)
+    except ValueError as exc:
+        raise ConfigError(f"config key 'device': {exc}") from None
+    setups = [environment_setup(config, device, env_id) for env_id in env_ids(config)]
+    rl = [a for a in config.agents if a in RL_AGENTS]
+    for env in setups:
+        if rl and env.slate_size is not None:
+            raise ConfigError(f"config key 'agents': {rl} recommend one item per step, but env.id "
+                              f"{env.id!r} asks for slates; use a non-Slate id or drop them")
+        try:
+            resolve_user_model(env.options["user_model"])
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"config key 'user_model': {exc}") from None
+    text_encoder, image_encoder = check_encoders(config, device)
     catalog = None
     if config.catalog.path is not None:
         try:
@@ -357,41 +391,13 @@ def check_inputs(config: ExperimentConfig) -> dict[str, Any]:
         if value > num_items - 1:
             raise ConfigError(f"config key 'encoders.{key}' = {value}: the catalog has {num_items} items, "
                               f"so at most {num_items - 1} dimensions")
-    try:  # the library's own checks of the scorer, ranker and agent settings
-        ScorerConfig(d_text=config.encoders.d_text, d_image=config.encoders.d_image,
-                     **dataclasses.asdict(config.scorer))
-    except ValueError as exc:
-        raise ConfigError(f"config section 'scorer': {exc}") from None
-    try:
-        ranker_train_config(config, seed=0, device=device, folder=None)
-    except ValueError as exc:
-        raise ConfigError(f"config section 'ranker': {exc}") from None
-    for algo in RL_AGENTS:
-        try:
-            agent_config(config, algo, 0, device)
-        except ValueError as exc:
-            raise ConfigError(f"config section {algo!r}: {exc}") from None
     check_held_out_seeds(config)
     results_dir = Path(config.results_dir)
     cache_dir = Path(config.cache_dir) if config.cache_dir is not None else results_dir / ".cache"
     check_writable(results_dir, "results_dir")
     check_writable(cache_dir, "cache_dir" if config.cache_dir is not None else "results_dir")
-    return {"device": device, "env_options": env_options, "text_encoder": text_encoder,
-            "image_encoder": image_encoder, "catalog": catalog, "cache_dir": cache_dir,
-            "results_dir": results_dir}
-
-
-def ranker_train_config(config: ExperimentConfig, seed: int, device: torch.device,
-                        folder: Path | None) -> TrainConfig:
-    """`recsim_mm.ranker.TrainConfig` of one ranker from the ``ranker`` section."""
-    r = config.ranker
-    return TrainConfig(
-        lr=r.lr, weight_decay=r.weight_decay, batch_size=r.batch_size, max_epochs=r.max_epochs,
-        patience=r.patience, val_fraction=r.val_fraction, engagement_weight=r.engagement_weight,
-        seed=seed, device=str(device),
-        checkpoint_path=None if folder is None else str(folder / "ranker.pt"),
-        tensorboard_dir=None if folder is None else str(folder / "tensorboard"),
-    )
+    return {"device": device, "envs": setups, "text_encoder": text_encoder, "image_encoder": image_encoder,
+            "catalog": catalog, "cache_dir": cache_dir, "results_dir": results_dir}
 
 
 def logging_policy(config: ExperimentConfig, item_space: ItemSpace):
@@ -406,52 +412,460 @@ def logging_policy(config: ExperimentConfig, item_space: ItemSpace):
     return EpsilonMixture(base, config.logging.epsilon) if config.logging.epsilon > 0 else base
 
 
-def trace_hidden_state(policy, env_options: dict, item_space: ItemSpace, seed: int, users: int) -> dict:
-    """Step ``users`` held-out users through one episode and record what moves inside them.
+# -- stage units: plain functions of picklable inputs (what an executor ships) ----------------
 
-    Returns ``{key: (steps, users) float64}`` with NaN after a user's episode ended:
-    ``time_left`` (minutes), ``affinity`` (true affinity of the recommended item), each
-    changing quantity of the user model's ``hidden_state()`` (as ``hidden:<name>``)
-    and, when the user model has them, ``satiation`` (norm of the satiation memory)
-    and ``interest_topics`` ``(steps, users, topics)`` (cosine of the text interest
-    with each topic's centre). Hidden state is read for analysis only; policies never
-    see it.
+
+def collect_logs_unit(folder: Path, env: EnvSetup, item_space: ItemSpace, policy: Any, num_users: int,
+                      test_users: int, steps: int, seed: int, device: str) -> dict:
+    """Log ``num_users`` training and ``test_users`` held-out sessions of ``policy`` into
+    ``folder/train.parquet`` and ``folder/test.parquet`` (env seeds ``seed`` and ``seed + 1``)."""
+    options = RecEnvOptions.parse({**env.options, "item_space": item_space, "obs_mode": "ids"})
+    simulator = build_simulator(options, num_users=min(1024, num_users), default_device=device)
+    collect(simulator, policy, num_users, steps, seed=seed).save(folder / "train.parquet")
+    collect(simulator, policy, test_users, steps, seed=seed + 1).save(folder / "test.parquet")
+    return {}
+
+
+def train_ranker_unit(folder: Path, item_space: ItemSpace, train_log: InteractionLog, test_log: InteractionLog,
+                      scorer: ScorerConfig, train: TrainConfig, ndcg_k: int) -> dict:
+    """Fit one ranker (``folder/ranker.pt``, ``folder/tensorboard/``) and score it on the held-out log.
+
+    Returns:
+        ``{"metrics": held-out offline metrics, "history": per-epoch losses, "best_epoch"}``.
     """
-    env = RecVectorEnv(users, **{**env_options, "item_space": item_space})
-    obs, info = env.reset(seed=seed)
-    model = env.simulator.users
-    centres = None
-    if item_space.topics is not None and hasattr(model, "interest"):
-        weight = item_space.topics / item_space.topics.sum(0).clamp_min(1e-12)
-        centres = torch.nn.functional.normalize(weight.T @ item_space.text, dim=-1).to(env.simulator.device)
-    rows = {"time_left": [], "affinity": [], "satiation": [], "interest_topics": []}
-    alive = np.ones(users, dtype=bool)
-    for _ in range(env.simulator.max_steps + 1):
-        if hasattr(policy, "observe"):
-            policy.observe(info)
-        actions, _ = policy.predict(obs, deterministic=True)
-        first = np.asarray(actions).reshape(users, -1)[:, 0]
-        nan = np.where(alive, 1.0, np.nan)
-        rows["time_left"].append(obs["time_left"][:, 0] * nan)
-        rows["affinity"].append(info["candidate_affinity"][np.arange(users), first] * nan)
-        for key, value in model.hidden_state().items():
-            rows.setdefault(f"hidden:{key}", []).append(value.cpu().numpy().astype(np.float64) * nan)
-        if hasattr(model, "satiation"):
-            rows["satiation"].append(model.satiation.norm(dim=1).cpu().numpy() * nan)
-        if centres is not None:
-            text = torch.nn.functional.normalize(model.interest[:, : item_space.d_text], dim=-1)
-            rows["interest_topics"].append((text @ centres.T).cpu().numpy() * nan[:, None])
-        obs, _, terminated, truncated, info = env.step(actions)
-        alive &= ~(terminated | truncated)
-        if not alive.any():
-            break
-    traces = {k: np.stack(v) for k, v in rows.items() if v}
-    # A hidden quantity that never changes (e.g. a modality weight) is not a trajectory.
-    return {k: v for k, v in traces.items()
-            if not k.startswith("hidden:") or np.nanmax(v, 0).round(6).tolist() != np.nanmin(v, 0).round(6).tolist()}
+    train = dataclasses.replace(train, checkpoint_path=str(folder / "ranker.pt"),
+                                tensorboard_dir=str(folder / "tensorboard"))
+    result = train_ranker(train_log, item_space, scorer, train)
+    metrics = evaluate_ranker(result.ranker, test_log, k=ndcg_k)
+    return {"metrics": metrics, "history": result.history, "best_epoch": result.best_epoch}
 
 
-# -- the experiment ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CurveSpec:
+    """Learning-curve users: ``users`` users reset with env seed ``seed`` every ``every`` steps."""
+
+    users: int
+    every: int
+    seed: int
+
+
+def train_agent_unit(folder: Path, agent: AgentConfig, env: EnvSetup, item_space: ItemSpace,
+                     ranker: Ranker | None = None, reward_ranker: Ranker | None = None,
+                     curve: CurveSpec | None = None, callbacks: tuple = ()) -> dict:
+    """Train (or resume) one (agent, seed) run in ``folder`` (``checkpoint.pt``, ``tensorboard/``,
+    ``curve.json``).
+
+    Args:
+        ranker: warm-start source; None trains from random weights.
+        reward_ranker: a ranker whose predicted engagement replaces the simulator's reward.
+        curve: learning-curve users, or None for no curve.
+        callbacks: extra SB3 callbacks (e.g. a progress bar).
+
+    Returns:
+        ``{"num_timesteps", "resumed_from" (step of the checkpoint resumed, or None)}``.
+    """
+    options = dict(env.options)
+    if reward_ranker is not None:
+        options.pop("reward")
+        options["reward_fn"] = reward_ranker.reward_model()
+    callbacks = list(callbacks)
+    if curve is not None:
+        callbacks.append(LearningCurveCallback(env.vector_env(curve.users, item_space), curve.seed, curve.every,
+                                               item_space.fused, folder / "curve.json"))
+    outcome = train_agent(agent, env.id, options, item_space, folder, ranker=ranker, callbacks=callbacks)
+    return {"num_timesteps": outcome.num_timesteps, "resumed_from": outcome.resumed_from}
+
+
+@dataclass
+class PolicySpec:
+    """How to build one strategy's policy for seed ``seed``: a baseline by ``name`` (with
+    the ``ranker`` and ``popularity`` it may need, MMR's tuned ``diversity``), a privileged
+    reference (the planning reference's tuned ``horizon``), or an RL agent from ``checkpoint``."""
+
+    name: str
+    seed: int
+    ranker: Ranker | None = None
+    popularity: np.ndarray | None = None
+    agent: AgentConfig | None = None
+    checkpoint: Path | None = None
+    diversity: float = 0.0
+    horizon: float = 0.0
+
+
+def build_policy(spec: PolicySpec, env: EnvSetup, item_space: ItemSpace) -> Any:
+    """The policy ``spec`` describes (anything with SB3's ``predict``). Every ranker-based
+    baseline ranks by the environment's own reward (expected minutes or click probability)."""
+    reward = env.options["reward"]
+    if spec.name == "myopic_oracle":
+        return MyopicOracle(reward, env.slate_size, seed=spec.seed)
+    if spec.name == "planning":
+        return PlanningReference(spec.horizon, reward, env.slate_size, seed=spec.seed)
+    if spec.name == "mmr":
+        return MMRRecommender(spec.ranker.policy(objective=reward), item_space.fused, spec.diversity,
+                              slate_size=env.slate_size, seed=spec.seed)
+    if spec.agent is None:
+        return make_baseline(spec.name, item_space.fused, popularity=spec.popularity, duration=item_space.duration,
+                             ranker=spec.ranker, objective=reward, slate_size=env.slate_size, seed=spec.seed)
+    venv = make_env(spec.agent, env.id, {**env.options, "item_space": item_space})
+    model = build_agent(spec.agent, venv, item_space)
+    model.policy.load_state_dict(load_agent_checkpoint(spec.checkpoint, spec.agent, item_space)["policy"])
+    return model
+
+
+def evaluate_unit(policy: PolicySpec, env: EnvSetup, item_space: ItemSpace, num_users: int, seed: int,
+                  popularity: np.ndarray, curve: tuple[int, int] | None = None) -> dict:
+    """One strategy on ``num_users`` held-out users (env seed ``seed``).
+
+    Args:
+        curve: ``(users, seed)`` of the learning-curve users to also score the policy on
+            (the reference level drawn into the curves), or None.
+
+    Returns:
+        ``{"summary": metrics of `agents.evaluation.EvalResult.summary`, "curve_level"}``.
+    """
+    model = build_policy(policy, env, item_space)
+    summary = evaluate_policy(model, env.vector_env(num_users, item_space), seed=seed,
+                              item_table=item_space.fused, popularity=popularity).summary()
+    curve_level = None
+    if curve is not None:
+        curve_level = evaluate_policy(model, env.vector_env(curve[0], item_space), seed=curve[1],
+                                      item_table=item_space.fused).summary()["episode_return"]
+    return {"summary": summary, "curve_level": curve_level}
+
+
+# -- stages 1-5 ------------------------------------------------------------------------------
+
+
+def item_space_stage(runner: StageRunner, config: ExperimentConfig, inputs: dict) -> tuple[Stage, ItemSpace]:
+    """Stage 1: catalog -> text and image embeddings -> item space (``item_space.pt``)."""
+    catalog: Catalog | None = inputs["catalog"]
+    device = inputs["device"]
+    catalog_id = (catalog.content_hash() if catalog is not None else
+                  {k: v for k, v in dataclasses.asdict(config.catalog).items() if k not in ("path", "missing_image")})
+    items = runner.stage("items", ("recsim_mm",), catalog=catalog_id,
+                         encoders=dataclasses.asdict(config.encoders), device=device.type)
+    runner.progress.stage(1, "item space", "cached" if items.done else "encoding the catalog (text + image)")
+
+    def compute(folder: Path) -> dict:
+        source = catalog if catalog is not None else generate_catalog(
+            config.catalog.num_items, config.catalog.num_topics, seed=config.catalog.seed,
+            image_size=config.catalog.image_size)
+        item_space = build_item_space(source, inputs["text_encoder"], inputs["image_encoder"],
+                                      config.encoders.d_text, config.encoders.d_image,
+                                      config.encoders.alignment, device=device).to("cpu")
+        item_space.save(folder / "item_space.pt")
+        return {"num_items": item_space.num_items, "fingerprint": item_space.fingerprint()}
+
+    runner.run(items, compute)
+    return items, ItemSpace.load(items.dir / "item_space.pt")
+
+
+def check_user_model(config: ExperimentConfig, env: EnvSetup, item_space: ItemSpace) -> None:
+    """The user model's parameters, which can only be checked against a real item space,
+    and, when references are asked for, its privileged one-step model."""
+    try:
+        venv = env.vector_env(1, item_space, device="cpu")
+    except (ValueError, TypeError) as exc:
+        key = "user_params" if config.user_params else "user_model"
+        raise ConfigError(f"config key {key!r}: {exc}") from None
+    references = [a for a in config.agents if a in REFERENCE_AGENTS]
+    if references:
+        venv.reset(seed=0)
+        sim = venv.simulator
+        try:
+            sim.users.expected_outcomes(sim.candidates)
+        except NotImplementedError as exc:
+            raise ConfigError(f"config key 'agents': {references} need the user model's expected_outcomes "
+                              f"({exc}); drop them from 'agents' for this user model") from None
+
+
+# -- tuning on training users (never the held-out users) --------------------------------------
+
+#: MMR diversity weights tried on training users (0 is the greedy ranker itself).
+MMR_DIVERSITIES = (0.0, 0.1, 0.2, 0.4, 0.8)
+
+
+def tune_unit(kind: str, env: EnvSetup, item_space: ItemSpace, num_users: int, seed: int,
+              ranker: Ranker | None = None) -> dict:
+    """Tune the planning reference's horizon (``kind="planning"``) or MMR's diversity
+    (``kind="mmr"``, over ``ranker``) on ``num_users`` training users of env seed ``seed``.
+
+    Returns:
+        ``{"best": value, "tried": {value: mean episode return}}``.
+    """
+    venv = env.vector_env(num_users, item_space)
+
+    def mean_return(policy) -> float:
+        return evaluate_policy(policy, venv, seed=seed, item_table=item_space.fused).summary()["episode_return"]
+
+    reward = env.options["reward"]
+    if kind == "planning":
+        best, tried = tune_planning_horizon(mean_return, reward, slate_size=env.slate_size)
+    else:
+        greedy = ranker.policy(objective=reward)
+        tried = {d: mean_return(MMRRecommender(greedy, item_space.fused, d, slate_size=env.slate_size))
+                 for d in MMR_DIVERSITIES}
+        best = max(tried, key=lambda d: (tried[d], -d))
+    return {"best": float(best), "tried": {str(k): float(v) for k, v in tried.items()}}
+
+
+def tuning_stage(runner: StageRunner, config: ExperimentConfig, env: EnvSetup, items: Stage,
+                 item_space: ItemSpace, rankers: Rankers, device: torch.device) -> dict[tuple[str, int], float]:
+    """The planning horizon (once per environment: it uses the true model) and MMR's
+    diversity (per seed: it uses that seed's ranker), each tuned on training users.
+
+    Returns:
+        ``{("planning", 0): horizon, ("mmr", seed): diversity, ...}`` for what ``agents`` asks for.
+    """
+    units = []
+    if "planning" in config.agents:
+        units.append(("planning", 0, None))
+    if "mmr" in config.agents:
+        units += [("mmr", seed, rankers.stages[("fused", seed)].key) for seed in config.seeds]
+    tuned = {}
+    for kind, seed, ranker_key in units:
+        stage = runner.stage("tune", ("recsim_mm", "envs", "agents"), kind=kind, env=env.key, items=items.key,
+                             ranker=ranker_key, users=config.eval.tune_users,
+                             seed=config.eval.tune_seed_offset + seed, device=device.type)
+        info = runner.run(stage, lambda folder, kind=kind, seed=seed: tune_unit(
+            kind, env, item_space, config.eval.tune_users, config.eval.tune_seed_offset + seed,
+            rankers.fused.get(seed)), strategy=kind, seed=seed)
+        tuned[(kind, seed)] = info["best"]
+    if tuned:
+        print("      tuned on training users: " + ", ".join(
+            f"{kind} {'horizon' if kind == 'planning' else f'diversity (seed {seed})'} {value:g}"
+            for (kind, seed), value in tuned.items()), flush=True)
+    return tuned
+
+
+@dataclass
+class Logs:
+    """Stage 2's output: the logs' stage, the training and held-out logs, clicks per item."""
+
+    stage: Stage
+    train: InteractionLog
+    test: InteractionLog
+    popularity: np.ndarray
+
+
+def logs_stage(runner: StageRunner, config: ExperimentConfig, env: EnvSetup, items: Stage,
+               item_space: ItemSpace, device: torch.device) -> Logs:
+    """Stage 2: the logging policy's sessions with simulated users of ``env``."""
+    stage = runner.stage("logs", ("recsim_mm", "envs"), items=items.key, env=env.key,
+                         logging=dataclasses.asdict(config.logging), device=device.type)
+    runner.progress.stage(2, "logged interactions", "cached" if stage.done else
+                          f"{config.logging.policy} policy on {config.logging.num_users} + "
+                          f"{config.logging.test_users} simulated users")
+    runner.run(stage, lambda folder: collect_logs_unit(
+        folder, env, item_space, logging_policy(config, item_space), config.logging.num_users,
+        config.logging.test_users, config.env.max_steps, config.logging.seed, str(device)))
+    train_log = InteractionLog.load(stage.dir / "train.parquet", item_space)
+    test_log = InteractionLog.load(stage.dir / "test.parquet", item_space)
+    popularity = PopularRecommender.from_log(train_log, item_space.fused).popularity
+    print(f"      {len(train_log)} training records, {len(test_log)} held-out records, "
+          f"click rate {train_log.clicks.mean():.3f}", flush=True)
+    return Logs(stage, train_log, test_log, popularity)
+
+
+@dataclass
+class Rankers:
+    """Stage 3's output: the stages per ``(modality, seed)``, the fused ranker per seed,
+    and the held-out offline metrics ``{modality: {seed: {metric: value}}}``."""
+
+    stages: dict[tuple[str, int], Stage]
+    fused: dict[int, Ranker]
+    offline: dict[str, dict[int, dict[str, float]]]
+
+
+def rankers_stage(runner: StageRunner, config: ExperimentConfig, logs: Logs, item_space: ItemSpace,
+                  device: torch.device) -> Rankers:
+    """Stage 3: the supervised ranker per seed (+ text-only / image-only ablations)."""
+    needed = any(a in config.agents for a in RANKER_AGENTS) or bool(rl_runs(config))
+    modalities = ["fused", "text", "image"] if config.ranker.ablations else ["fused"]
+    stages = {(m, s): runner.stage("ranker", ("recsim_mm",), logs=logs.stage.key, seed=s, modality=m,
+                                   scorer=dataclasses.asdict(config.scorer),
+                                   train=dataclasses.asdict(config.ranker), device=device.type)
+              for m in (modalities if needed else []) for s in config.seeds}
+    todo = sum(not st.done for st in stages.values())
+    runner.progress.stage(3, "ranker", f"{len(stages)} models ({', '.join(modalities)} x {len(config.seeds)} "
+                          f"seeds), {len(stages) - todo} cached")
+    result = Rankers(stages, {}, {})
+    bar = runner.progress.bar(todo, "ranker", "model")
+    for (modality, seed), stage in stages.items():
+        def compute(folder: Path, modality=modality, seed=seed) -> dict:
+            info = train_ranker_unit(folder, item_space, logs.train, logs.test,
+                                     scorer_config(config, item_space.d_text, item_space.d_image, modality),
+                                     ranker_train_config(config, seed, str(device)), config.ranker.ndcg_k)
+            bar.update(1)
+            return info
+
+        result.offline.setdefault(modality, {})[seed] = runner.run(stage, compute)["metrics"]
+        if modality == "fused":
+            result.fused[seed] = Ranker.load(stage.dir / "ranker.pt", item_space, device=device)
+    bar.close()
+    return result
+
+
+@dataclass
+class AgentRun:
+    """One (agent, seed) training run of stage 4: its cache entry and `AgentConfig`."""
+
+    stage: Stage
+    config: AgentConfig
+
+
+def agents_stage(runner: StageRunner, config: ExperimentConfig, env: EnvSetup, items: Stage,
+                 item_space: ItemSpace, rankers: Rankers, device: torch.device) -> dict[tuple[str, int], AgentRun]:
+    """Stage 4: every RL run (``algo-start``) per seed, warm-started from the ranker and/or cold."""
+    runs: dict[tuple[str, int], AgentRun] = {}
+    curves = bool(config.eval.curve_users and config.eval.curve_every)
+    for algo, start in rl_runs(config):
+        section = getattr(config, algo)
+        for seed in config.seeds:
+            uses_ranker = start == "warm" or section.reward == "ranker"
+            agent = agent_config(config, algo, seed, str(device))
+            runs[(f"{algo}-{start}", seed)] = AgentRun(runner.stage(
+                "agent", ("recsim_mm", "envs", "agents"), items=items.key, env=env.key,
+                agent=dataclasses.asdict(agent), start=start, reward=section.reward,
+                ranker=rankers.stages[("fused", seed)].key if uses_ranker else None,
+                curve=[config.eval.curve_users, config.eval.curve_every, config.eval.curve_seed_offset + seed],
+                device=device.type), agent)
+    todo = {k: r for k, r in runs.items() if not r.stage.done}
+    total = sum(r.config.total_steps for r in todo.values())
+    runner.progress.stage(4, "RL agents", f"{len(runs)} runs ({', '.join(f'{a}-{s}' for a, s in rl_runs(config)) or 'none'} "
+                          f"x {len(config.seeds)} seeds), {len(runs) - len(todo)} cached, {total:,} steps to train")
+    bar = runner.progress.bar(total, "agents", "step")
+    for (name, seed), run in runs.items():
+        def compute(folder: Path, name=name, seed=seed, run=run) -> dict:
+            bar.set_description(f"agents: {name} seed {seed}")
+            curve = CurveSpec(config.eval.curve_users, config.eval.curve_every,
+                              config.eval.curve_seed_offset + seed) if curves else None
+            info = train_agent_unit(
+                folder, run.config, env, item_space, ranker=rankers.fused[seed] if name.endswith("-warm") else None,
+                reward_ranker=rankers.fused[seed] if getattr(config, run.config.algo).reward == "ranker" else None,
+                curve=curve, callbacks=(ProgressCallback(bar),))
+            if info["resumed_from"] is not None:
+                tqdm.write(f"      {name} seed {seed}: resumed from its checkpoint at step "
+                           f"{info['resumed_from']:,}", file=sys.stdout)
+            return info
+
+        runner.run(run.stage, compute, keep=("num_timesteps",), strategy=name, seed=seed)
+    bar.close()
+    return runs
+
+
+def policy_spec(name: str, seed: int, logs: Logs, rankers: Rankers,
+                agents: dict[tuple[str, int], AgentRun], tuned: dict[tuple[str, int], float]) -> PolicySpec:
+    """The `PolicySpec` of strategy ``name`` for ``seed``."""
+    if (name, seed) in agents:
+        run = agents[(name, seed)]
+        return PolicySpec(name, seed, agent=run.config, checkpoint=run.stage.dir / "checkpoint.pt")
+    return PolicySpec(name, seed, ranker=rankers.fused.get(seed), popularity=logs.popularity,
+                      diversity=tuned.get(("mmr", seed), 0.0), horizon=tuned.get(("planning", 0), 0.0))
+
+
+def evaluation_stage(runner: StageRunner, config: ExperimentConfig, env: EnvSetup, items: Stage,
+                     item_space: ItemSpace, logs: Logs, rankers: Rankers,
+                     agents: dict[tuple[str, int], AgentRun], tuned: dict[tuple[str, int], float],
+                     device: torch.device) -> report.EnvResults:
+    """Stage 5: every strategy on the same ``eval.num_users`` held-out users of each seed."""
+    def source(name: str, seed: int) -> str:  # the upstream result a strategy depends on
+        if (name, seed) in agents:
+            return agents[(name, seed)].stage.key
+        if name == "greedy":
+            return rankers.stages[("fused", seed)].key
+        if name == "mmr":
+            return f"{rankers.stages[('fused', seed)].key}:{tuned[('mmr', seed)]}"
+        if name == "planning":
+            return f"planning:{tuned[('planning', 0)]}"
+        return logs.stage.key if name == "popular" else name
+
+    strategies = strategies_of(config)
+    stages = {(name, seed): runner.stage("eval", ("recsim_mm", "envs", "agents", "experiments/run.py"),
+                                         source=source(name, seed), strategy=name, seed=seed, env=env.key,
+                                         items=items.key, logs=logs.stage.key,
+                                         eval=dataclasses.asdict(config.eval), device=device.type)
+              for name in strategies for seed in config.seeds}
+    todo = sum(not st.done for st in stages.values())
+    runner.progress.stage(5, "evaluation", f"{len(strategies)} strategies x {len(config.seeds)} seeds on "
+                          f"{config.eval.num_users} held-out users each, {len(stages) - todo} cached")
+    results = report.EnvResults(env.id, strategies, list(config.seeds))
+    bar = runner.progress.bar(todo, "evaluation", "run")
+    for (name, seed), stage in stages.items():
+        def compute(folder: Path, name=name, seed=seed) -> dict:
+            bar.set_description(f"evaluation: {name} seed {seed}")
+            curve = None
+            if name == "greedy" and config.eval.curve_users and config.eval.curve_every:
+                curve = (config.eval.curve_users, config.eval.curve_seed_offset + seed)
+            info = evaluate_unit(policy_spec(name, seed, logs, rankers, agents, tuned), env, item_space,
+                                 config.eval.num_users, config.eval.seed_offset + seed, logs.popularity, curve)
+            bar.update(1)
+            return info
+
+        info = runner.run(stage, compute, strategy=name, seed=seed)
+        results.metrics.setdefault(name, {})[seed] = info["summary"]
+        if info["curve_level"] is not None:
+            results.curve_levels.setdefault(name, {})[seed] = info["curve_level"]
+    bar.close()
+    return results
+
+
+# -- per environment, the report, and the experiment ------------------------------------------
+
+
+def hidden_state_traces(config: ExperimentConfig, env: EnvSetup, item_space: ItemSpace, logs: Logs,
+                        rankers: Rankers, agents: dict[tuple[str, int], AgentRun]) -> dict | None:
+    """One held-out user's hidden state under the greedy ranker and each RL agent (seed
+    ``seeds[0]``): the user with the longest sessions, the same user under every strategy."""
+    rl = [name for name, _ in agents]
+    traced = ["greedy", *dict.fromkeys(rl)] if rl else [n for n in strategies_of(config)
+                                                        if n not in ("oracle", "mmr", *REFERENCE_AGENTS)][:2]
+    if not (config.eval.trace_users and traced):
+        return None
+    seed = config.seeds[0]
+    traces = {name: trace_hidden_state(build_policy(policy_spec(name, seed, logs, rankers, agents, {}), env, item_space),
+                                       env.options, item_space, config.eval.seed_offset + seed,
+                                       config.eval.trace_users)
+              for name in traced}
+    user = int(np.argmax(sum(np.isfinite(t["time_left"]).sum(0) for t in traces.values())))
+    steps = {name: int(np.isfinite(t["time_left"][:, user]).sum()) for name, t in traces.items()}
+    return {name: {k: v[: steps[name], user] for k, v in t.items()} for name, t in traces.items()}
+
+
+def run_environment(runner: StageRunner, config: ExperimentConfig, env: EnvSetup, items: Stage,
+                    item_space: ItemSpace, device: torch.device) -> report.EnvResults:
+    """Stages 2-5 on one environment, and what the report needs from them."""
+    logs = logs_stage(runner, config, env, items, item_space, device)
+    rankers = rankers_stage(runner, config, logs, item_space, device)
+    agents = agents_stage(runner, config, env, items, item_space, rankers, device)
+    tuned = tuning_stage(runner, config, env, items, item_space, rankers, device)
+    results = evaluation_stage(runner, config, env, items, item_space, logs, rankers, agents, tuned, device)
+    results.tuned = {f"{kind}" if kind == "planning" else f"{kind}-seed{seed}": value
+                     for (kind, seed), value in tuned.items()}
+    results.rl_strategies = list(dict.fromkeys(name for name, _ in agents))
+    results.offline = rankers.offline
+    for (name, seed), run in agents.items():
+        if (run.stage.dir / "curve.json").is_file():
+            rows = json.loads((run.stage.dir / "curve.json").read_text())
+            results.curves.setdefault(name, {})[seed] = [(int(s), float(r)) for s, r in rows]
+    results.traces = hidden_state_traces(config, env, item_space, logs, rankers, agents)
+    for (modality, seed), stage in rankers.stages.items():
+        results.artifacts[f"ranker-{modality}-seed{seed}"] = (stage.dir / "ranker.pt", stage.dir / "tensorboard")
+    for (name, seed), run in agents.items():
+        results.artifacts[f"{name}-seed{seed}"] = (run.stage.dir / "checkpoint.pt", run.stage.dir / "tensorboard")
+    return results
+
+
+def new_run_folder(results_dir: Path, name: str, started_at: str) -> Path:
+    """``<results_dir>/<name>-<timestamp>[-N]/``, created; an earlier folder is never reused."""
+    run_dir, suffix = results_dir / f"{name}-{started_at}", 1
+    while True:
+        try:
+            run_dir.mkdir(parents=False)
+            return run_dir
+        except FileExistsError:
+            suffix += 1
+            run_dir = results_dir / f"{name}-{started_at}-{suffix}"
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -464,320 +878,60 @@ def main(argv: list[str] | None = None) -> Path:
         ConfigError: bad input, raised before anything is trained (except a user
             model's parameters, checked once the item space exists, still before training).
     """
-    started_at = time.strftime("%Y%m%d-%H%M%S")
-    t0 = time.perf_counter()
-
-    # ---- 0. configuration and input checks ---------------------------------------------------
+    started_at, t0 = time.strftime("%Y%m%d-%H%M%S"), time.perf_counter()
     if os.getcwd() not in sys.path:  # users' own modules (user_model=my_users:MyUser), as with -m
         sys.path.insert(0, os.getcwd())
     config = load_config(argv or [])
-    if config.threads > 0:
-        torch.set_num_threads(config.threads)
+    threads = default_torch_threads() if config.threads is None else config.threads
+    if threads > 0:
+        torch.set_num_threads(threads)
     inputs = check_inputs(config)
-    device, env_options, cache = inputs["device"], inputs["env_options"], inputs["cache_dir"]
-    progress = Progress(config.progress)
-    progress.stage(0, "configuration", f"preset resolved, inputs checked; device {device}, "
-                   f"{torch.get_num_threads()} torch thread(s), cache {cache}")
-    seeds = config.seeds
-    rl = rl_runs(config)
-    needs_ranker = "greedy" in config.agents or bool(rl)
-    strategies = [a for a in config.agents if a in BASELINE_AGENTS or a == "greedy"]
-    if rl and "greedy" not in strategies:
-        strategies.append("greedy")  # the reference every RL agent is compared against
-    strategies += [f"{algo}-{start}" for algo, start in rl]
+    device = inputs["device"]
+    runner = StageRunner(inputs["cache_dir"], Progress(config.progress))
+    runner.progress.stage(0, "configuration", f"preset resolved, inputs checked; device {device}, "
+                          f"{torch.get_num_threads()} torch thread(s), cache {runner.cache_dir}")
+    items, item_space = item_space_stage(runner, config, inputs)
+    for env in inputs["envs"]:
+        check_user_model(config, env, item_space)
+    suite = len(inputs["envs"]) > 1
+    results = {}
+    for env in inputs["envs"]:
+        if suite:
+            print(f"== environment {env.id}", flush=True)
+        results[env.id] = run_environment(runner, config, env, items, item_space, device)
 
-    # ---- 1. catalog -> embeddings -> item space -----------------------------------------------
-    catalog: Catalog | None = inputs["catalog"]
-    catalog_id = (catalog.content_hash() if catalog is not None else
-                  {k: v for k, v in dataclasses.asdict(config.catalog).items() if k not in ("path", "missing_image")})
-    items = Stage(cache, "items", ("recsim_mm",), catalog=catalog_id,
-                  encoders=dataclasses.asdict(config.encoders), device=device.type)
-    progress.stage(1, "item space", "cached" if items.done else "encoding the catalog (text + image)")
-    start = time.perf_counter()
-    if not items.done:
-        if catalog is None:
-            catalog = generate_catalog(config.catalog.num_items, config.catalog.num_topics,
-                                       seed=config.catalog.seed, image_size=config.catalog.image_size)
-        item_space = build_item_space(
-            catalog, inputs["text_encoder"], inputs["image_encoder"], config.encoders.d_text,
-            config.encoders.d_image, config.encoders.alignment, device=device,
-        ).to("cpu")
-        item_space.save(items.start() / "item_space.pt")
-        items.finish(num_items=item_space.num_items, fingerprint=item_space.fingerprint())
-        progress.record(items, "computed", time.perf_counter() - start)
-    else:
-        progress.record(items, "cached")
-    item_space = ItemSpace.load(items.dir / "item_space.pt")
-    table = item_space.fused
-    env_key = {k: v for k, v in env_options.items() if k != "device"}
-    try:  # the user model's parameters can only be checked against a real item space
-        RecVectorEnv(1, **{**env_options, "item_space": item_space, "device": "cpu"})
-    except (ValueError, TypeError) as exc:
-        key = "user_params" if config.user_params else "user_model"
-        raise ConfigError(f"config key {key!r}: {exc}") from None
-
-    # ---- 2. logged interactions ---------------------------------------------------------------
-    logs = Stage(cache, "logs", ("recsim_mm", "envs"), items=items.key, env=env_key,
-                 logging=dataclasses.asdict(config.logging), device=device.type)
-    progress.stage(2, "logged interactions", "cached" if logs.done else
-                   f"{config.logging.policy} policy on {config.logging.num_users} + "
-                   f"{config.logging.test_users} simulated users")
-    start = time.perf_counter()
-    if not logs.done:
-        options = RecEnvOptions.parse({**env_options, "item_space": item_space, "obs_mode": "ids"})
-        simulator = build_simulator(options, num_users=min(1024, config.logging.num_users),
-                                    default_device=str(device))
-        policy = logging_policy(config, item_space)
-        steps = config.env.max_steps
-        collect(simulator, policy, config.logging.num_users, steps, seed=config.logging.seed).save(
-            logs.start() / "train.parquet")
-        collect(simulator, policy, config.logging.test_users, steps, seed=config.logging.seed + 1).save(
-            logs.dir / "test.parquet")
-        logs.finish()
-        progress.record(logs, "computed", time.perf_counter() - start)
-    else:
-        progress.record(logs, "cached")
-    train_log = InteractionLog.load(logs.dir / "train.parquet", item_space)
-    test_log = InteractionLog.load(logs.dir / "test.parquet", item_space)
-    popularity = PopularRecommender.from_log(train_log, table).popularity  # clicks per item
-    print(f"      {len(train_log)} training records, {len(test_log)} held-out records, "
-          f"click rate {train_log.clicks.mean():.3f}", flush=True)
-
-    # ---- 3. the supervised ranker (+ text-only / image-only ablations) ------------------------
-    modalities = ["fused", "text", "image"] if config.ranker.ablations else ["fused"]
-    ranker_stages = {(m, s): Stage(cache, "ranker", ("recsim_mm",), logs=logs.key, seed=s, modality=m,
-                                   scorer=dataclasses.asdict(config.scorer),
-                                   train=dataclasses.asdict(config.ranker), device=device.type)
-                     for m in (modalities if needs_ranker else []) for s in seeds}
-    todo = [k for k, st in ranker_stages.items() if not st.done]
-    progress.stage(3, "ranker", f"{len(ranker_stages)} models ({', '.join(modalities)} x {len(seeds)} seeds), "
-                   f"{len(ranker_stages) - len(todo)} cached")
-    rankers: dict[int, Ranker] = {}
-    offline: dict[str, dict[int, dict[str, float]]] = {}
-    bar = progress.bar(len(todo), "ranker", "model")
-    for (modality, seed), stage in ranker_stages.items():
-        start = time.perf_counter()
-        if not stage.done:
-            scorer = ScorerConfig(item_space.d_text, item_space.d_image, modality=modality,
-                                  **dataclasses.asdict(config.scorer))
-            result = train_ranker(train_log, item_space, scorer,
-                                  ranker_train_config(config, seed, device, stage.start()))
-            metrics = evaluate_ranker(result.ranker, test_log, k=config.ranker.ndcg_k)
-            stage.finish(metrics=metrics, history=result.history, best_epoch=result.best_epoch)
-            progress.record(stage, "computed", time.perf_counter() - start)
-            bar.update(1)
-        else:
-            progress.record(stage, "cached")
-        offline.setdefault(modality, {})[seed] = stage.info()["metrics"]
-        if modality == "fused":
-            rankers[seed] = Ranker.load(stage.dir / "ranker.pt", item_space, device=device)
-    bar.close()
-
-    # ---- 4. RL agents: PPO / DQN, warm-started from the ranker and/or cold ---------------------
-    curve_env = None
-    if config.eval.curve_users and config.eval.curve_every:
-        curve_env = RecVectorEnv(config.eval.curve_users, **{**env_options, "item_space": item_space})
-    agent_stages = {}
-    for algo, start_from in rl:
-        section = getattr(config, algo)
-        for seed in seeds:
-            uses_ranker = start_from == "warm" or section.reward == "ranker"
-            agent_stages[(algo, start_from, seed)] = Stage(
-                cache, "agent", ("recsim_mm", "envs", "agents"), items=items.key, env=env_key,
-                agent=dataclasses.asdict(agent_config(config, algo, seed, device)), start=start_from,
-                reward=section.reward, ranker=ranker_stages[("fused", seed)].key if uses_ranker else None,
-                curve=[config.eval.curve_users, config.eval.curve_every, config.eval.curve_seed_offset + seed],
-                device=device.type)
-    todo = [k for k, st in agent_stages.items() if not st.done]
-    total = sum(getattr(config, algo).total_steps for algo, _, _ in todo)
-    progress.stage(4, "RL agents", f"{len(agent_stages)} runs ({', '.join(f'{a}-{s}' for a, s in rl) or 'none'} "
-                   f"x {len(seeds)} seeds), {len(agent_stages) - len(todo)} cached, {total:,} steps to train")
-    models: dict[tuple[str, int], Any] = {}
-    bar = progress.bar(total, "agents", "step")
-    for (algo, start_from, seed), stage in agent_stages.items():
-        name = f"{algo}-{start_from}"
-        agent = agent_config(config, algo, seed, device)
-        section = getattr(config, algo)
-        start = time.perf_counter()
-        if not stage.done:
-            bar.set_description(f"agents: {name} seed {seed}")
-            options = dict(env_options)
-            if section.reward == "ranker":  # learn from the ranker's predicted engagement
-                options.pop("reward")
-                options["reward_fn"] = rankers[seed].reward_model()
-            callbacks = [ProgressCallback(bar)]
-            if curve_env is not None:
-                callbacks.append(LearningCurveCallback(
-                    curve_env, config.eval.curve_seed_offset + seed, config.eval.curve_every, table,
-                    stage.start() / "curve.json"))
-            outcome = train_agent(agent, config.env.id, options, item_space, stage.start(),
-                                  ranker=rankers[seed] if start_from == "warm" else None, callbacks=callbacks)
-            stage.finish(num_timesteps=outcome.num_timesteps, resumed_from=outcome.resumed_from)
-            status = "computed" if outcome.resumed_from is None else f"resumed from step {outcome.resumed_from}"
-            if outcome.resumed_from is not None:
-                tqdm.write(f"      {name} seed {seed}: resumed from its checkpoint at step "
-                           f"{outcome.resumed_from:,}", file=sys.stdout)
-            progress.record(stage, status, time.perf_counter() - start, strategy=name, seed=seed,
-                            num_timesteps=outcome.num_timesteps)
-            model = outcome.model
-        else:  # a finished run: rebuild the policy from its checkpoint, train nothing
-            venv = make_env(agent, config.env.id, {**env_options, "item_space": item_space})
-            model = build_agent(agent, venv, item_space)
-            payload = load_agent_checkpoint(stage.dir / "checkpoint.pt", agent, item_space)
-            model.policy.load_state_dict(payload["policy"])
-            progress.record(stage, "cached", strategy=name, seed=seed)
-        models[(name, seed)] = model
-    bar.close()
-
-    # ---- 5. evaluation on held-out users: every strategy, the same users per seed --------------
-    def strategy_source(name: str, seed: int) -> str:
-        if name in ("random", "oracle", "linucb"):
-            return name
-        if name == "popular":
-            return logs.key
-        if name == "greedy":
-            return ranker_stages[("fused", seed)].key
-        algo, start_from = name.split("-")
-        return agent_stages[(algo, start_from, seed)].key
-
-    def policy_of(name: str, seed: int):
-        if (name, seed) in models:
-            return models[(name, seed)]
-        slate = env_options.get("slate_size", 1)
-        return make_baseline(name, table, popularity=popularity, ranker=rankers.get(seed),
-                             slate_size=slate if slate > 1 else None, seed=seed)
-
-    eval_stages = {(name, seed): Stage(cache, "eval", ("recsim_mm", "envs", "agents", "experiments/run.py"),
-                                       source=strategy_source(name, seed), strategy=name, seed=seed,
-                                       env=env_key, items=items.key, logs=logs.key,
-                                       eval=dataclasses.asdict(config.eval), device=device.type)
-                   for name in strategies for seed in seeds}
-    todo = [k for k, st in eval_stages.items() if not st.done]
-    progress.stage(5, "evaluation", f"{len(strategies)} strategies x {len(seeds)} seeds on "
-                   f"{config.eval.num_users} held-out users each, {len(eval_stages) - len(todo)} cached")
-    eval_env = RecVectorEnv(config.eval.num_users, **{**env_options, "item_space": item_space})
-    metrics: dict[str, dict[int, dict[str, float]]] = {}
-    curve_levels: dict[str, dict[int, float]] = {}
-    bar = progress.bar(len(todo), "evaluation", "run")
-    for (name, seed), stage in eval_stages.items():
-        start = time.perf_counter()
-        if not stage.done:
-            bar.set_description(f"evaluation: {name} seed {seed}")
-            policy = policy_of(name, seed)
-            summary = evaluate_policy(policy, eval_env, seed=config.eval.seed_offset + seed,
-                                      item_table=table, popularity=popularity).summary()
-            curve_level = None
-            if curve_env is not None and name == "greedy":  # the level drawn into the curves
-                curve_level = evaluate_policy(policy, curve_env, seed=config.eval.curve_seed_offset + seed,
-                                              item_table=table).summary()["episode_return"]
-            stage.start()
-            stage.finish(summary=summary, curve_level=curve_level)
-            progress.record(stage, "computed", time.perf_counter() - start, strategy=name, seed=seed)
-            bar.update(1)
-        else:
-            progress.record(stage, "cached", strategy=name, seed=seed)
-        info = stage.info()
-        metrics.setdefault(name, {})[seed] = info["summary"]
-        if info["curve_level"] is not None:
-            curve_levels.setdefault(name, {})[seed] = info["curve_level"]
-    bar.close()
-
-    # ---- 6. the report -------------------------------------------------------------------------
-    results_dir = inputs["results_dir"]
-    run_dir = results_dir / f"{config.name}-{started_at}"
-    suffix = 1
-    while True:  # never reuse a folder: an earlier result is never overwritten
-        try:
-            run_dir.mkdir(parents=False)
-            break
-        except FileExistsError:
-            suffix += 1
-            run_dir = results_dir / f"{config.name}-{started_at}-{suffix}"
-    progress.stage(6, "report", str(run_dir))
-    (run_dir / "config.yaml").write_text(to_yaml(config))
-    metric_names = [m for m in report.METRICS if any(m in v for per in metrics.values() for v in per.values())]
-    report.write_rows(run_dir / "metrics.csv", ["strategy", "seed", "metric", "value"],
-                      [(name, seed, m, float(metrics[name][seed][m]))
-                       for name in strategies for seed in seeds for m in metric_names])
-    report.write_rows(run_dir / "ranker_metrics.csv", ["ranker", "seed", "metric", "value"],
-                      [(mod, seed, m, float(v)) for mod, per in offline.items()
-                       for seed, values in per.items() for m, v in values.items()])
-    comparisons = {}
-    if "greedy" in metrics:
-        greedy = [metrics["greedy"][s]["episode_return"] for s in seeds]
-        for algo, start_from in rl:
-            name = f"{algo}-{start_from}"
-            comparisons[name] = report.paired_difference(
-                [metrics[name][s]["episode_return"] for s in seeds], greedy)
-        report.write_rows(run_dir / "paired_comparison.csv",
-                          ["strategy", "baseline", "metric", "diff", "ci_low", "ci_high", "p_value", "wins", "n"],
-                          [(n, "greedy", "episode_return", c["diff"], c["ci_low"], c["ci_high"], c["p_value"],
-                            c["wins"], c["n"]) for n, c in comparisons.items()])
-
-    plots = run_dir / "plots"
-    plots.mkdir()
-    report.plot_metric_bars(metrics, plots / "metrics.png")
-    curves = {}
-    for (algo, start_from, seed), stage in agent_stages.items():
-        if (stage.dir / "curve.json").is_file():
-            rows = json.loads((stage.dir / "curve.json").read_text())
-            curves.setdefault(f"{algo}-{start_from}", {})[seed] = [(int(s), float(r)) for s, r in rows]
-    if curves:
-        level = report.mean_ci(list(curve_levels.get("greedy", {}).values()))[0]
-        report.plot_learning_curves(curves, level, plots / "learning_curves.png")
-        report.write_rows(run_dir / "learning_curves.csv", ["strategy", "seed", "step", "episode_return"],
-                          [(n, s, step, float(r)) for n, per in curves.items() for s, rows in per.items()
-                           for step, r in rows])
-    traced = ["greedy"] + [f"{a}-{s}" for a, s in rl] if rl else [n for n in strategies if n != "oracle"][:2]
-    if config.eval.trace_users and traced:
-        seed = seeds[0]
-        traces = {name: trace_hidden_state(policy_of(name, seed), env_options, item_space,
-                                           config.eval.seed_offset + seed, config.eval.trace_users)
-                  for name in traced}
-        # The user with the longest sessions shows the most; the same user under every strategy.
-        lengths = sum(np.isfinite(t["time_left"]).sum(0) for t in traces.values())
-        user = int(np.argmax(lengths))
-        first_user = {}
-        for name, t in traces.items():
-            steps = int(np.isfinite(t["time_left"][:, user]).sum())
-            first_user[name] = {k: v[:steps, user] for k, v in t.items()}
-        if config.catalog.path is None and item_space.topics is not None and item_space.topics.shape[1] <= len(TOPICS):
-            topic_names = [TOPICS[t].name for t in range(item_space.topics.shape[1])]
-        else:
-            topic_names = None
-        report.plot_interest_trajectory(first_user, topic_names, plots / "interest_trajectory.png")
-
-    tensorboard = run_dir / "tensorboard"
-    checkpoints = run_dir / "checkpoints"
-    checkpoints.mkdir()
-    for (modality, seed), stage in ranker_stages.items():
-        shutil.copy2(stage.dir / "ranker.pt", checkpoints / f"ranker-{modality}-seed{seed}.pt")
-        if (stage.dir / "tensorboard").is_dir():
-            shutil.copytree(stage.dir / "tensorboard", tensorboard / f"ranker-{modality}-seed{seed}")
-    for (algo, start_from, seed), stage in agent_stages.items():
-        shutil.copy2(stage.dir / "checkpoint.pt", checkpoints / f"{algo}-{start_from}-seed{seed}.pt")
-        shutil.copytree(stage.dir / "tensorboard", tensorboard / f"{algo}-{start_from}-seed{seed}")
-
+    run_dir = new_run_folder(inputs["results_dir"], config.name, started_at)
+    runner.progress.stage(6, "report", str(run_dir))
+    topic_names = None
+    if config.catalog.path is None and item_space.topics is not None and item_space.topics.shape[1] <= len(TOPICS):
+        topic_names = [TOPICS[t].name for t in range(item_space.topics.shape[1])]
+    sections = []
+    for env in inputs["envs"]:
+        folder = run_dir / env.id.split("/")[-1] if suite else run_dir
+        folder.mkdir(exist_ok=True)
+        report.write_report(folder, results[env.id], to_yaml(config), topic_names, items.dir / "item_space.pt")
+        user_model = f"`{env.options['user_model']}`" + (f" {config.user_params}" if config.user_params else "")
+        sections.append((env.id, user_model, folder))
     wall = time.perf_counter() - t0
-    write_json(run_dir / "stages.json", progress.records)
-    user_model = f"`{env_options['user_model']}`" + (f" {config.user_params}" if config.user_params else "")
-    setting = (f"User model: {user_model}; catalog: {item_space.num_items} items "
-               f"({config.catalog.path or 'synthetic'}); seeds {seeds}; {config.eval.num_users} held-out "
-               f"users per seed (env seed {config.eval.seed_offset} + seed, never used in training); "
-               f"device {device}; wall time {wall / 60:.1f} min.")
-    summary = report.summary_markdown(f"{config.name}: supervised ranker vs RL on `{config.env.id}`", setting,
-                                      metrics, metric_names, comparisons, offline, config.ranker.ndcg_k,
-                                      config.env.id, run_dir)
-    (run_dir / "summary.md").write_text(summary)
-    computed = sum(r["status"] != "cached" for r in progress.records)
+    write_json(run_dir / "stages.json", runner.progress.records)
+    setting = (f"Seeds {config.seeds}; catalog: {item_space.num_items} items ({config.catalog.path or 'synthetic'}); "
+               f"{config.eval.num_users} held-out users per seed and environment (env seed {config.eval.seed_offset}"
+               f" + seed, never used in training or tuning); reward `{config.env.reward}`; device {device}; "
+               f"wall time {wall / 60:.1f} min.")
+    report.write_summary(run_dir, config.name, setting, results, sections, config.ranker.ndcg_k)
+    computed = sum(r["status"] != "cached" for r in runner.progress.records)
     print(f"done in {wall / 60:.1f} min ({computed} stage units computed, "
-          f"{len(progress.records) - computed} reused); results: {run_dir}", flush=True)
-    print(report.comparison_table(metrics, ["episode_return", "ctr", "session_length"]), flush=True)
+          f"{len(runner.progress.records) - computed} reused); results: {run_dir}", flush=True)
+    print(report.suite_table(results), flush=True)
     return run_dir
 
 
 def cli() -> int:
-    """Command-line entry: bad input prints one clear line (no traceback) and exits 2."""
+    """Command-line entry: ``-h``/``--help`` prints the usage, presets and keys; bad input
+    prints one clear line (no traceback) and exits 2."""
+    if any(arg in ("-h", "--help") for arg in sys.argv[1:]):
+        print(help_text())
+        return 0
     try:
         main(sys.argv[1:])
     except ConfigError as exc:

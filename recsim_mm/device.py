@@ -39,15 +39,32 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return resolved
 
 
+#: Most torch threads `default_torch_threads` picks: the small batched ops of this
+#: project (K x d scoring, SB3 updates on a few hundred rows) stop gaining beyond a few.
+MAX_DEFAULT_THREADS = 4
+
+
+def default_torch_threads() -> int:
+    """Torch CPU threads an experiment uses unless told otherwise: half the machine's
+    cores, at least 1 and at most `MAX_DEFAULT_THREADS`.
+
+    Half, as in `default_cpu_threads`: with every core busy, torch's threads wait at
+    each barrier for a descheduled partner, and the many small ops of RL training run
+    several times slower than on fewer threads (measured: the quick preset on 2 cores
+    loaded by other jobs spent over 15 minutes in its agent stage on 2 threads; the whole
+    preset took 2.6 minutes on 1). ``threads=N`` overrides it.
+    """
+    return max(1, min((os.cpu_count() or 2) // 2, MAX_DEFAULT_THREADS))
+
+
 def default_cpu_threads() -> int:
     """Torch threads that compute-heavy content code (encoders, fusion) uses on CPU
     unless told otherwise: half the cores (at least 1, at most torch's setting).
 
-    Why not all cores: on this project's 2-core machine shared with other jobs, torch
-    on 2 threads collapsed (EfficientNet convolutions ~5x, a 600 x 1280 SVD ~60x
-    slower than on 1: threads spin at each barrier while their partner is
-    descheduled); half the cores keeps most of the speed on an idle machine and
-    avoids the collapse on a busy one.
+    Why not all cores: when other jobs share the cores, torch threads spin at each
+    barrier while a partner thread is descheduled, and convolutions and SVDs can run
+    several times slower than on fewer threads; half the cores keeps most of the speed
+    on an idle machine and avoids that collapse on a busy one.
     """
     return max(1, min(torch.get_num_threads(), (os.cpu_count() or 2) // 2))
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+
+from recsim_mm.files import atomic_torch_save
 
 FORMAT = "recsim_mm.EmbeddingCache/1"
 
@@ -41,22 +42,6 @@ def default_cache_dir() -> Path:
     """``$RECSIM_MM_CACHE`` when set, else ``~/.cache/recsim_mm``."""
     env = os.environ.get("RECSIM_MM_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "recsim_mm"
-
-
-def atomic_torch_save(payload: Any, path: Path) -> None:
-    """Write ``payload`` with `torch.save` to a temporary file in the same folder, then
-    rename it over ``path``: readers see the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from recsim_mm.catalog import file_sha256
 from recsim_mm.device import cpu_threads, resolve_device
+from recsim_mm.files import source_hash
 
 #: Name of the default (offline) text model.
 DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
@@ -60,7 +61,7 @@ def _count_load() -> None:
 def _code_version() -> str:
     # Embeddings depend on this module's preprocessing and pooling code too, so its
     # source hash is part of every identity: editing it can never serve stale vectors.
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:8]
+    return source_hash([Path(__file__)], length=8)
 
 
 @lru_cache(maxsize=32)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from recsim_mm.files import atomic_torch_save, load_checkpoint
+
 
 @dataclass(frozen=True)
 class ItemSpace:
@@ -144,9 +146,6 @@ class ItemSpace:
 
     def save(self, path: str | Path) -> None:
         """Write to ``path`` (a ``.pt`` file readable with ``weights_only=True``), atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
         payload = {
             "format": "recsim_mm.ItemSpace/1",
             "item_ids": list(self.item_ids),
@@ -156,8 +155,7 @@ class ItemSpace:
             "duration": self.duration.cpu(),
             "topics": None if self.topics is None else self.topics.cpu(),
         }
-        torch.save(payload, tmp)
-        tmp.replace(path)
+        atomic_torch_save(payload, path)
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> ItemSpace:
@@ -166,13 +164,7 @@ class ItemSpace:
         Raises:
             ValueError: the file is not a saved ItemSpace (names the file).
         """
-        path = Path(path)
-        try:
-            payload = torch.load(path, map_location=device, weights_only=True)
-        except Exception as exc:  # torch raises several types for a bad file
-            raise ValueError(f"{path}: not a readable ItemSpace file ({exc})") from exc
-        if not isinstance(payload, dict) or payload.get("format") != "recsim_mm.ItemSpace/1":
-            raise ValueError(f"{path}: not an ItemSpace file (missing format 'recsim_mm.ItemSpace/1')")
+        payload = load_checkpoint(path, "recsim_mm.ItemSpace/1", "ItemSpace file", map_location=device)
         return cls(
             item_ids=tuple(payload["item_ids"]),
             text=payload["text"],

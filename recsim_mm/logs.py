@@ -43,6 +43,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from recsim_mm.files import atomic_write
+
 LOG_FORMAT = "recsim_mm.InteractionLog/1"
 REQUIRED_COLUMNS = (
     "user_id",
@@ -328,10 +330,7 @@ class InteractionLog:
         table = pa.table(columns).replace_schema_metadata(
             {"format": LOG_FORMAT, "history_length": str(self.history_length)}
         )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        pq.write_table(table, tmp)
-        tmp.replace(path)
+        atomic_write(path, lambda f: pq.write_table(table, f))
 
     @classmethod
     def load(cls, path: str | Path, item_space) -> InteractionLog:

@@ -21,13 +21,9 @@ import torch
 
 from recsim_mm.catalog import Catalog
 from recsim_mm.device import resolve_device
-from recsim_mm.embedding_cache import (
-    CacheWarning,
-    EmbeddingCache,
-    atomic_torch_save,
-    default_cache_dir,
-)
+from recsim_mm.embedding_cache import CacheWarning, EmbeddingCache, default_cache_dir
 from recsim_mm.encoders import ImageEncoder, TextEncoder
+from recsim_mm.files import atomic_torch_save, source_hash
 from recsim_mm.fusion import ALIGNMENTS, fuse
 from recsim_mm.item_space import ItemSpace
 
@@ -44,10 +40,7 @@ def _code_version() -> str:
     # The result depends on the generator, fusion and this module's code: their source
     # hash is part of every cache key, so an edit never serves a stale item space.
     here = Path(__file__).resolve().parent
-    h = hashlib.sha256()
-    for name in ("synthetic.py", "fusion.py", "pipeline.py"):
-        h.update((here / name).read_bytes())
-    return h.hexdigest()[:12]
+    return source_hash([here / name for name in ("synthetic.py", "fusion.py", "pipeline.py")])
 
 
 class _CatalogImages(Sequence):

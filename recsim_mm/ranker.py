@@ -26,7 +26,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ import torch
 from torch.nn import functional as F
 
 from recsim_mm.device import cpu_threads, resolve_device
+from recsim_mm.files import atomic_torch_save
 from recsim_mm.item_space import ItemSpace
 from recsim_mm.logs import InteractionLog
 from recsim_mm.metrics import auc, log_loss, ndcg_at_k, recall_at_k, top_k_relevant
@@ -227,6 +228,15 @@ class Ranker:
                 f"({payload['num_items']} items), but the given item space is {fingerprint} "
                 f"({item_space.num_items} items); scores would refer to different items"
             )
+        missing = sorted({f.name for f in fields(ScorerConfig)} - set(payload["scorer_config"]))
+        if missing:
+            # a field added since the file was written (e.g. history_decays): its default
+            # would build an architecture the stored weights do not fit
+            raise ValueError(
+                f"{path}: checkpoint written by an older version; its scorer config lacks "
+                f"ScorerConfig field(s) {missing}, so its weights do not fit this version's "
+                "architecture: retrain the ranker"
+            )
         try:
             config = ScorerConfig.from_dict(payload["scorer_config"])
         except (TypeError, ValueError) as exc:
@@ -245,8 +255,6 @@ class Ranker:
 
 def save_checkpoint(path: str | Path, scorer: Scorer, item_space: ItemSpace, extra: dict) -> None:
     """Atomically write a ranker checkpoint (see `Ranker.save`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": CHECKPOINT_FORMAT,
         "scorer_config": scorer.config.to_dict(),
@@ -255,9 +263,7 @@ def save_checkpoint(path: str | Path, scorer: Scorer, item_space: ItemSpace, ext
         "state_dict": {k: v.detach().cpu() for k, v in scorer.state_dict().items()},
         **extra,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    atomic_torch_save(payload, path)
 
 
 def _require_same_architecture(a: ScorerConfig, b: ScorerConfig, name_a: str, name_b: str) -> None:

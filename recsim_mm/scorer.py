@@ -19,11 +19,18 @@ Architecture, for a batch of ``B`` users, history length ``H``, ``K`` candidates
   oldest to newest (``user_encoder="gru"``). Time left and optional observable user
   features join the summary. Output: the user state ``(B, hidden_dim)``.
 * **History match** (`HistoryMatch`, optional): each candidate's per-modality cosine
-  to the user's clicked, skipped and engaged past items.
+  to the user's clicked, skipped and engaged past items, and recency-decayed sums of
+  it weighted by clicks and by watch time (``history_decays``).
 * **Heads**: an MLP over ``[user, item, user * item, history match]`` per candidate
   gives the click logit, and optionally a second one the engagement (minutes) given a
   click. Every candidate is scored independently of the others, so the scores are
   permutation-equivariant over candidates.
+
+Cost: the heads' first layer and the history tokens are linear in their inputs, so
+the scorer evaluates them term by term: per user, per item (once per catalog item in
+``ids`` mode, cached while the weights do not change) and, only where it must, per
+(user, candidate) pair (see `Scorer._heads`; `Scorer.pair_features` is the unsplit
+reference form). The parameters are those of the plain layers.
 
 Observations are the environments' (see `recsim_mm.simulator` and docs/environments.md):
 ``embeddings`` mode passes item vectors, ``ids`` mode passes item rows and the scorer
@@ -64,6 +71,12 @@ class ScorerConfig:
         max_history: longest history ``H`` the recency embedding covers.
         history_match: add each candidate's per-modality similarity to the user's
             clicked / skipped / engaged past items (`HistoryMatch`) to the heads.
+        history_decays: recency decay rates per step, each in ``(0, 1)``, of
+            `HistoryMatch`'s decayed statistics: for each rate and modality part, the
+            decayed sum over past steps of the candidate's cosine to the past item,
+            weighted by ``clicked`` and by ``log1p(engagement minutes)`` (the shape of
+            the simulated users' satiation memory). ``()`` turns them off; ignored
+            without ``history_match``.
         engagement_head: build the engagement regression head.
         use_time_left: feed ``log1p(time_left)`` into the user state.
         user_features_dim: width ``F`` of ``obs["user_features"]`` to read; 0 ignores
@@ -81,6 +94,7 @@ class ScorerConfig:
     num_queries: int = 2
     max_history: int = 128
     history_match: bool = True
+    history_decays: tuple[float, ...] = (0.5, 0.85)
     engagement_head: bool = True
     use_time_left: bool = True
     user_features_dim: int = 0
@@ -111,6 +125,19 @@ class ScorerConfig:
             raise ValueError(
                 f"ScorerConfig.user_features_dim={self.user_features_dim}; expected >= 0"
             )
+        decays = self.history_decays
+        if isinstance(decays, list):  # JSON / YAML round trips give lists
+            decays = tuple(decays)
+            object.__setattr__(self, "history_decays", decays)
+        if not isinstance(decays, tuple) or any(
+            isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 < r < 1.0 for r in decays
+        ):
+            raise ValueError(
+                f"ScorerConfig.history_decays={self.history_decays!r}; expected a tuple of "
+                "decay rates per step, each in (0, 1)"
+            )
+        if len(set(decays)) != len(decays):
+            raise ValueError(f"ScorerConfig.history_decays={decays!r} repeats a rate")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"ScorerConfig.dropout={self.dropout}; expected in [0, 1)")
 
@@ -120,7 +147,8 @@ class ScorerConfig:
         return self.d_text + self.d_image
 
     def to_dict(self) -> dict:
-        """Plain dict (str/int/float/bool values), safe for ``weights_only`` checkpoints."""
+        """Plain dict (str/int/float/bool values and a tuple of floats), safe for
+        ``weights_only`` checkpoints."""
         return asdict(self)
 
     @classmethod
@@ -189,7 +217,15 @@ class ItemTower(nn.Module):
 
 
 class UserEncoder(nn.Module):
-    """History tokens (+ time left, user features) -> user state ``(B, hidden_dim)``."""
+    """History tokens (+ time left, user features) -> user state ``(B, hidden_dim)``.
+
+    Each past step's token is ``token([item, clicked, log1p(minutes)]) + recency``.
+    The token layer is linear, so its item part is a per-item term: `item_part` maps
+    item-tower vectors to it (for the attention encoder already through the key and
+    value projections, ``W_kv W_item``), and `encode` adds the per-step feedback and
+    recency terms. In ``ids`` mode the scorer computes `item_part` once per catalog
+    item instead of once per (user, past step); `forward` is the two steps in one.
+    """
 
     def __init__(self, config: ScorerConfig):
         super().__init__()
@@ -204,6 +240,8 @@ class UserEncoder(nn.Module):
             # an episode) attend to something instead of producing NaN.
             self.empty_token = nn.Parameter(torch.zeros(1, 1, h))
             self.queries = nn.Parameter(torch.randn(config.num_queries, h) / math.sqrt(h))
+            # Holds the projections; `encode` runs the attention itself on keys and
+            # values folded through the token layer (see `item_part`).
             self.attention = nn.MultiheadAttention(
                 h, config.num_heads, dropout=config.dropout, batch_first=True
             )
@@ -214,6 +252,23 @@ class UserEncoder(nn.Module):
         extra = int(config.use_time_left) + config.user_features_dim
         self.summary = _mlp(pooled + extra, h, h, config.dropout)
         self.norm = nn.LayerNorm(h)
+
+    @property
+    def item_part_dim(self) -> int:
+        """Width of `item_part`: ``2h`` (key and value) for attention, ``h`` for the GRU."""
+        return (2 if self.config.user_encoder == "attention" else 1) * self.config.hidden_dim
+
+    def _item_weight(self) -> torch.Tensor:
+        """``(item_part_dim, h)``: the map from an item-tower vector to its item part."""
+        h = self.config.hidden_dim
+        w_item = self.token.weight[:, :h]
+        if self.config.user_encoder == "attention":
+            return self.attention.in_proj_weight[h:] @ w_item
+        return w_item
+
+    def item_part(self, items: torch.Tensor) -> torch.Tensor:
+        """Per-item term of the history tokens: ``(..., h)`` tower vectors -> ``(..., item_part_dim)``."""
+        return items @ self._item_weight().T
 
     def forward(
         self,
@@ -235,30 +290,60 @@ class UserEncoder(nn.Module):
         Returns:
             ``(B, hidden_dim)`` float32 user state.
         """
+        return self.encode(self.item_part(history), feedback, mask, time_left, user_features)
+
+    def encode(
+        self,
+        item_part: torch.Tensor,
+        feedback: torch.Tensor,
+        mask: torch.Tensor,
+        time_left: torch.Tensor | None,
+        user_features: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """`forward` from the past items' precomputed `item_part` ``(B, H, item_part_dim)``.
+
+        Other arguments and the result as in `forward`.
+        """
         c = self.config
-        batch, length, _ = history.shape
-        clicked = feedback[..., :1]
-        engagement = torch.log1p(feedback[..., 1:].clamp_min(0.0))
-        tokens = self.token(torch.cat([history, clicked, engagement], dim=-1))
+        h = c.hidden_dim
+        batch, length, _ = item_part.shape
+        w_feedback = self.token.weight[:, h:]  # (h, 2): clicked, log1p(minutes)
+        feedback = torch.stack([feedback[..., 0], torch.log1p(feedback[..., 1].clamp_min(0.0))], dim=-1)
         # Recency counts from the newest step (most recent is last), so a model trained
         # with one history length reads another.
-        steps_back = torch.arange(length - 1, -1, -1, device=history.device)
-        tokens = tokens + self.recency(steps_back)
-        tokens = tokens * mask.unsqueeze(-1)
+        steps_back = torch.arange(length - 1, -1, -1, device=item_part.device)
+        position = self.recency(steps_back) + self.token.bias  # (H, h)
+        m = mask.unsqueeze(-1)
         if c.user_encoder == "attention":
-            keys = torch.cat([self.empty_token.expand(batch, 1, -1), tokens], dim=1)
-            ignore = torch.cat(
-                [torch.zeros(batch, 1, dtype=torch.bool, device=mask.device), mask <= 0], dim=1
-            )
-            queries = self.queries.unsqueeze(0).expand(batch, -1, -1)
-            pooled, _ = self.attention(queries, keys, keys, key_padding_mask=ignore, need_weights=False)
-            pooled = pooled.reshape(batch, -1)
+            w_kv = self.attention.in_proj_weight[h:]
+            b_kv = self.attention.in_proj_bias[h:]
+            # keys/values of the tokens: W_kv (mask * token) + b_kv, token split by linearity
+            kv = (item_part + feedback @ (w_kv @ w_feedback).T + position @ w_kv.T) * m + b_kv
+            empty = (self.empty_token @ w_kv.T + b_kv).expand(batch, 1, -1)
+            kv = torch.cat([empty, kv], dim=1)  # (B, 1 + H, 2h)
+            heads, head_dim = c.num_heads, h // c.num_heads
+            keys, values = (t.reshape(batch, length + 1, heads, head_dim) for t in kv.split(h, dim=-1))
+            queries = F.linear(self.queries, self.attention.in_proj_weight[:h], self.attention.in_proj_bias[:h])
+            queries = queries.reshape(-1, heads, head_dim).transpose(0, 1) / math.sqrt(head_dim)  # (heads, Q, hd)
+            # Few queries over a short history: an einsum and a broadcast product beat
+            # the fused attention kernels and tiny batched matmuls on these shapes.
+            logits = torch.einsum("blnd,nqd->blnq", keys, queries)  # (B, 1 + H, heads, Q)
+            ignore = torch.cat([mask.new_ones(batch, 1), mask], dim=1) <= 0  # the empty token always counts
+            weights = torch.softmax(logits.masked_fill(ignore[:, :, None, None], float("-inf")), dim=1)
+            weights = F.dropout(weights, self.attention.dropout, self.training)
+            # every (head, query) weighting of every head's values in one batched matmul,
+            # then each head's own block: (B, heads * Q, 1 + H) @ (B, 1 + H, h)
+            mixed = torch.bmm(weights.reshape(batch, length + 1, -1).transpose(1, 2), kv[..., h:])
+            mixed = mixed.reshape(batch, heads, -1, heads, head_dim)  # (B, heads, Q, heads', hd)
+            pooled = mixed.diagonal(dim1=1, dim2=3).permute(0, 1, 3, 2).reshape(batch, -1, h)
+            pooled = self.attention.out_proj(pooled).reshape(batch, -1)
         else:
-            state = tokens.new_zeros(batch, c.hidden_dim)
+            tokens = (item_part + feedback @ w_feedback.T + position) * m
+            state = tokens.new_zeros(batch, h)
             for t in range(length):
                 # Padded steps leave the state unchanged, so left or right padding both work.
-                m = mask[:, t : t + 1]
-                state = m * self.gru(tokens[:, t], state) + (1.0 - m) * state
+                mt = mask[:, t : t + 1]
+                state = mt * self.gru(tokens[:, t], state) + (1.0 - mt) * state
             pooled = state
         parts = [pooled]
         if c.use_time_left:
@@ -274,20 +359,71 @@ class HistoryMatch(nn.Module):
     For each modality part the scorer reads (text, image or both) and each candidate,
     the cosine to every past item (the parts are L2-normalised, so a dot product) is
     pooled four ways: mean over clicked past items, mean over shown-but-skipped ones,
-    engagement-weighted mean, and max over clicked ones. With the click and skip counts
-    these statistics go through an MLP. Keeping the modalities apart lets the heads
-    weigh text against image similarity per user, which is what the simulated users'
-    modality weight does (affinity = a * cos_text + (1 - a) * cos_image).
+    engagement-weighted mean, and max over clicked ones. For each rate ``r`` in
+    ``config.history_decays`` two recency-decayed sums follow,
+    ``sum_t r**(steps back) * w_t * cos(candidate, item_t)`` with ``w_t = clicked`` and
+    ``w_t = log1p(engagement minutes)`` (the newest step is 0 steps back): the shape of
+    the simulated users' satiation memory, which decays per step and grows with watch
+    time. Each is one dot product with a per-user decayed profile vector, so it costs
+    ``O(B*K*d)``, not ``O(B*K*H*d)``. With the click and skip counts these statistics
+    go through an MLP. Keeping the modalities apart lets the heads weigh text against
+    image similarity per user, which is what the simulated users' modality weight does
+    (affinity = a * cos_text + (1 - a) * cos_image).
     """
 
     def __init__(self, config: ScorerConfig):
         super().__init__()
         parts = {"text": [(0, config.d_text)], "image": [(config.d_text, config.dim)]}
         self.parts = parts.get(config.modality, parts["text"] + parts["image"])
+        self.register_buffer(
+            "decays", torch.tensor(config.history_decays, dtype=torch.float32), persistent=False
+        )
+        self.num_statistics = (4 + 2 * len(config.history_decays)) * len(self.parts) + 2
         self.stats = nn.Sequential(
-            nn.Linear(4 * len(self.parts) + 2, config.hidden_dim), nn.GELU(),
+            nn.Linear(self.num_statistics, config.hidden_dim), nn.GELU(),
             nn.Linear(config.hidden_dim, config.hidden_dim),
         )
+
+    def statistics(
+        self, candidates: torch.Tensor, history: torch.Tensor, feedback: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """The raw statistics before the MLP: ``(B, K, num_statistics)`` float32.
+
+        Per part, in order: clicked mean, skipped mean, engagement-weighted mean, clicked
+        max (cosines), then per decay rate the clicked and the ``log1p(minutes)``
+        weighted decayed sums; last ``log1p`` of the click and skip counts. Arguments
+        as in `forward`.
+        """
+        clicked = feedback[..., 0] * mask
+        skipped = (1.0 - feedback[..., 0]) * mask
+        engaged = torch.log1p(feedback[..., 1].clamp_min(0.0)) * mask
+        weights = torch.stack([clicked, skipped, engaged], dim=1)  # (B, 3, H)
+        weights = weights / weights.sum(-1, keepdim=True).clamp_min(1e-6)
+        any_click = clicked.sum(-1) > 0  # (B,)
+        length = history.shape[1]
+        decayed = None
+        if self.decays.numel():
+            steps_back = torch.arange(length - 1, -1, -1, device=history.device, dtype=history.dtype)
+            recency = self.decays.to(history.dtype).unsqueeze(-1) ** steps_back  # (D, H)
+            # (B, 2D, H): for each rate, clicked then log1p(minutes), decayed by steps back
+            decayed = (torch.stack([clicked, engaged], dim=1).unsqueeze(1) * recency[None, :, None, :]).flatten(1, 2)
+        stats = []
+        for start, end in self.parts:
+            cand, past = candidates[..., start:end], history[..., start:end]
+            cosine = torch.einsum("bkd,bhd->bkh", cand, past)
+            stats.append(torch.einsum("bkh,bwh->bkw", cosine, weights))  # (B, K, 3)
+            best = cosine.masked_fill((clicked <= 0).unsqueeze(1), float("-inf")).amax(-1)
+            stats.append(torch.where(any_click.unsqueeze(1), best, torch.zeros_like(best)).unsqueeze(-1))
+            if decayed is not None:
+                profile = torch.bmm(decayed, past)  # (B, 2D, d_part): decayed profile vectors
+                stats.append(torch.bmm(cand, profile.transpose(1, 2)))  # (B, K, 2D)
+        counts = torch.log1p(torch.stack([clicked.sum(-1), skipped.sum(-1)], dim=-1))
+        stats.append(counts.unsqueeze(1).expand(-1, candidates.shape[1], -1))
+        return torch.cat(stats, dim=-1)
+
+    def hidden(self, statistics: torch.Tensor) -> torch.Tensor:
+        """The MLP's hidden layer ``(B, K, h)`` from `statistics` (before its last linear map)."""
+        return self.stats[1](self.stats[0](statistics))
 
     def forward(
         self, candidates: torch.Tensor, history: torch.Tensor, feedback: torch.Tensor, mask: torch.Tensor
@@ -303,21 +439,7 @@ class HistoryMatch(nn.Module):
         Returns:
             ``(B, K, hidden_dim)`` float32.
         """
-        clicked = feedback[..., 0] * mask
-        skipped = (1.0 - feedback[..., 0]) * mask
-        engaged = torch.log1p(feedback[..., 1].clamp_min(0.0)) * mask
-        weights = torch.stack([clicked, skipped, engaged], dim=1)  # (B, 3, H)
-        weights = weights / weights.sum(-1, keepdim=True).clamp_min(1e-6)
-        any_click = clicked.sum(-1) > 0  # (B,)
-        stats = []
-        for start, end in self.parts:
-            cosine = torch.einsum("bkd,bhd->bkh", candidates[..., start:end], history[..., start:end])
-            stats.append(torch.einsum("bkh,bwh->bkw", cosine, weights))  # (B, K, 3)
-            best = cosine.masked_fill((clicked <= 0).unsqueeze(1), float("-inf")).amax(-1)
-            stats.append(torch.where(any_click.unsqueeze(1), best, torch.zeros_like(best)).unsqueeze(-1))
-        counts = torch.log1p(torch.stack([clicked.sum(-1), skipped.sum(-1)], dim=-1))
-        stats.append(counts.unsqueeze(1).expand(-1, candidates.shape[1], -1))
-        return self.stats(torch.cat(stats, dim=-1))
+        return self.stats[2](self.hidden(self.statistics(candidates, history, feedback, mask)))
 
 
 class Scorer(nn.Module):
@@ -400,7 +522,7 @@ class Scorer(nn.Module):
                     f"obs[{key!r}] holds item ids ({value.dtype}) but this Scorer has no item "
                     "table; build it with Scorer(config, item_table=item_space.fused)"
                 )
-            return self.item_table[value.long()]
+            return F.embedding(value.long(), self.item_table)
         if value.ndim != ndim_ids + 1 or value.shape[-1] != self.config.dim:
             raise ValueError(
                 f"obs[{key!r}] in embeddings mode must be (..., {self.config.dim}) with "
@@ -418,19 +540,72 @@ class Scorer(nn.Module):
             raise KeyError(f"observation is missing key(s) {missing}; got {sorted(obs)}")
 
     # -- the network ------------------------------------------------------------------
+    #
+    # The heads' first layer reads [user, item, user * item, match] per candidate. It is
+    # linear, so it splits exactly: W [u; i; u*i; m] = W_u u + W_i i + W_ui (u*i) + W_m m.
+    # W_u u is computed once per user, W_i i once per item (per catalog item in ids
+    # mode, with the item tower and the history tokens' item part, see
+    # `_item_terms`), and W_m m folds into the match MLP's last linear layer
+    # (W_m (A g + a) = (W_m A) g + W_m a). Only W_ui (u*i) and the folded match term are
+    # per (user, candidate) pair.
 
-    def _item_representations(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Item-tower outputs for the history ``(B, H, h)`` and the candidates ``(B, K, h)``.
+    def _heads(self) -> list[nn.Sequential]:
+        """The click head, then the engagement head when built."""
+        return [self.click_head] + ([self.engagement_head] if self.engagement_head is not None else [])
 
-        In ``ids`` mode, when the batch looks up more rows than the catalog has, the
-        tower runs once per catalog item and the rows are gathered: the tower is a
-        per-item function, so this is the same result for a fraction of the work
-        (a PPO minibatch of 512 users x 30 items vs a 600-item catalog: 25x less).
+    def _item_terms(self, items: torch.Tensor, heads: int, history_part: bool = True) -> tuple[torch.Tensor, ...]:
+        """Per-item terms of item vectors ``(..., d)``, each ``(..., width)`` float32.
+
+        In order: the item-tower vector ``z`` (h), the first ``heads`` heads' ``W_i z``
+        (h each; click head, then the engagement head) and, with ``history_part``, the
+        user encoder's `UserEncoder.item_part` of ``z``. One matrix product after the tower.
+        """
+        h = self.config.hidden_dim
+        z = self.item_tower(items)
+        weights = [head[0].weight[:, h : 2 * h] for head in self._heads()[:heads]]
+        widths = [h] * len(weights)
+        if history_part:
+            weights.append(self.user_encoder._item_weight())
+            widths.append(self.user_encoder.item_part_dim)
+        projected = z @ torch.cat(weights).T
+        return (z, *projected.split(widths, dim=-1))
+
+    def _catalog_terms(self, heads: int) -> tuple[torch.Tensor, ...]:
+        """`_item_terms` of every catalog item, ``(N, width)`` each; reused while no weight changes.
+
+        With autograd only the first ``heads`` heads' terms are built (so a head that
+        does not take part gets no gradient); the cache holds every head's.
+
+        Outside autograd (rollouts, target networks, evaluation) the tables are cached
+        and recomputed only when a parameter or the item table was modified in place
+        (an optimiser step, ``load_state_dict``) or moved: the key holds every tensor's
+        storage address and version counter.
+        """
+        if torch.is_grad_enabled():
+            self._catalog_cache = None
+            return self._item_terms(self.item_table, heads)
+        key = tuple((t.data_ptr(), t._version) for t in (self.item_table, *self.parameters()))
+        cache = getattr(self, "_catalog_cache", None)
+        if cache is None or cache[0] != key:
+            terms = tuple(t.contiguous() for t in self._item_terms(self.item_table, len(self._heads())))
+            cache = self._catalog_cache = (key, terms)
+        return cache[1][: 1 + heads] + cache[1][-1:]
+
+    def _gathered_terms(
+        self, obs: dict[str, torch.Tensor], heads: int = 0
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Candidates' item terms (``z`` then the first ``heads`` heads' ``W_i z``,
+        ``(B, K, h)`` each) and the history's item part ``(B, H, item_part_dim)``.
+
+        In ``ids`` mode the terms come from the catalog tables (`_catalog_terms`) when
+        they are cached or the batch looks up more rows than the catalog has (the tower
+        is a per-item function: same values, a fraction of the work: a PPO minibatch of
+        512 users x 30 items vs a 600-item catalog is 25x less); otherwise per row.
         """
         history, candidates = obs["history_items"], obs["candidate_items"]
         ids_mode = not history.is_floating_point() and not candidates.is_floating_point()
         if ids_mode and self.item_table is not None and (
-            history.numel() + candidates.numel() > self.item_table.shape[0]
+            not torch.is_grad_enabled() or history.numel() + candidates.numel() > self.item_table.shape[0]
         ):
             for key, value in (("history_items", history), ("candidate_items", candidates)):
                 if value.ndim != 2:
@@ -438,33 +613,28 @@ class Scorer(nn.Module):
                         f"obs[{key!r}] in ids mode must have 2 dims (batched item rows); "
                         f"got shape {tuple(value.shape)}"
                     )
-            table = self.item_tower(self.item_table)
-            return table[history.long()], table[candidates.long()]
+            *item_tables, history_table = self._catalog_terms(heads)
+            candidates = candidates.long()
+            return [F.embedding(candidates, t) for t in item_tables], F.embedding(history.long(), history_table)
         return (
-            self.item_tower(self._vectors(obs, "history_items", 2)),
-            self.item_tower(self._vectors(obs, "candidate_items", 2)),
+            list(self._item_terms(self._vectors(obs, "candidate_items", 2), heads, history_part=False)),
+            self.user_encoder.item_part(self.item_tower(self._vectors(obs, "history_items", 2))),
         )
 
-    def encode_user(self, obs: dict[str, torch.Tensor], history: torch.Tensor | None = None) -> torch.Tensor:
-        """User state from the history: ``(B, hidden_dim)`` float32 (for critics).
-
-        ``history``: precomputed item-tower outputs of the history ``(B, H, h)``.
-        """
-        self._check(obs)
-        if history is None:
-            history = self.item_tower(self._vectors(obs, "history_items", 2))
+    def _user_inputs(self, obs: dict[str, torch.Tensor], length: int) -> tuple:
+        """Checked ``feedback (B, H, 2)``, ``mask (B, H)``, ``time_left``, ``user_features``."""
         feedback = obs["history_feedback"].float()
         mask = obs["history_mask"].float()
-        if feedback.shape != (*history.shape[:2], 2) or mask.shape != history.shape[:2]:
+        batch = obs["history_items"].shape[0]
+        if feedback.shape != (batch, length, 2) or mask.shape != (batch, length):
             raise ValueError(
-                f"history shapes disagree: history_items gives (B, H)={tuple(history.shape[:2])}, "
+                f"history shapes disagree: history_items gives (B, H)={(batch, length)}, "
                 f"history_feedback is {tuple(feedback.shape)} (expected (B, H, 2)), "
                 f"history_mask is {tuple(mask.shape)} (expected (B, H))"
             )
-        if history.shape[1] > self.config.max_history:
+        if length > self.config.max_history:
             raise ValueError(
-                f"history length H={history.shape[1]} exceeds ScorerConfig.max_history="
-                f"{self.config.max_history}"
+                f"history length H={length} exceeds ScorerConfig.max_history={self.config.max_history}"
             )
         time_left = obs["time_left"].float().reshape(-1, 1) if self.config.use_time_left else None
         features = None
@@ -475,14 +645,69 @@ class Scorer(nn.Module):
                     f"obs['user_features'] has width {features.shape[-1]}; the scorer was "
                     f"configured with user_features_dim={self.config.user_features_dim}"
                 )
-        return self.user_encoder(history, feedback, mask, time_left, features)
+        return feedback, mask, time_left, features
 
-    def _pair_features(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-candidate features ``(B, K, 3h or 4h)``: [user, item, user * item
-        (, history match)], and the user state ``(B, h)``."""
+    def encode_user(self, obs: dict[str, torch.Tensor], history: torch.Tensor | None = None) -> torch.Tensor:
+        """User state from the history: ``(B, hidden_dim)`` float32 (for critics).
+
+        ``history``: precomputed item-tower outputs of the history ``(B, H, h)``.
+        """
         self._check(obs)
-        history_repr, items = self._item_representations(obs)
-        user = self.encode_user(obs, history_repr)
+        if history is None:
+            item_part = self._gathered_terms(obs)[1]
+        else:
+            item_part = self.user_encoder.item_part(history)
+        return self.user_encoder.encode(item_part, *self._user_inputs(obs, item_part.shape[1]))
+
+    def _scores(self, obs: dict[str, torch.Tensor], all_heads: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The click head's output ``(B, K)`` (``all_heads``: then the engagement head's)
+        and the user state ``(B, h)``."""
+        self._check(obs)
+        h = self.config.hidden_dim
+        heads = self._heads() if all_heads else self._heads()[:1]
+        (items, *item_terms), history_part = self._gathered_terms(obs, len(heads))
+        user = self.user_encoder.encode(history_part, *self._user_inputs(obs, history_part.shape[1]))
+        user_x_items = user.unsqueeze(1) * items  # (B, K, h)
+        match_hidden = None
+        if self.history_match is not None:
+            match_hidden = self.history_match.hidden(self.history_match.statistics(
+                self._vectors(obs, "candidate_items", 2),
+                self._vectors(obs, "history_items", 2),
+                obs["history_feedback"].float(),
+                obs["history_mask"].float(),
+            ))
+            pair = torch.cat([user_x_items, match_hidden], dim=-1)  # (B, K, 2h)
+        else:
+            pair = user_x_items
+        outputs = []
+        for i, head in enumerate(heads):
+            weight, bias = head[0].weight, head[0].bias
+            per_user = user @ weight[:, :h].T + bias  # (B, h)
+            pair_weight = weight[:, 2 * h : 3 * h]
+            if match_hidden is not None:
+                last = self.history_match.stats[2]
+                match_weight = weight[:, 3 * h :]
+                per_user = per_user + match_weight @ last.bias
+                pair_weight = torch.cat([pair_weight, match_weight @ last.weight], dim=1)
+            base = item_terms[i] + per_user.unsqueeze(1)
+            pre = torch.addmm(base.reshape(-1, h), pair.reshape(-1, pair.shape[-1]), pair_weight.T)
+            outputs.append(head[3](head[2](head[1](pre))).reshape(base.shape[:2]))
+        return outputs, user
+
+    def pair_features(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The heads' input per candidate, ``(B, K, 3h or 4h)``: [user, item, user * item
+        (, history match)].
+
+        The reference form of what the scorer computes: ``click_head(pair_features(obs))``
+        equals `forward` to float tolerance, but `forward` never builds this tensor (it
+        applies the heads' first layer term by term, see the comment above `_heads`).
+        """
+        self._check(obs)
+        items = self.item_tower(self._vectors(obs, "candidate_items", 2))
+        user = self.user_encoder(
+            self.item_tower(self._vectors(obs, "history_items", 2)),
+            *self._user_inputs(obs, obs["history_mask"].shape[1]),
+        )
         expanded = user.unsqueeze(1).expand_as(items)
         parts = [expanded, items, expanded * items]
         if self.history_match is not None:
@@ -492,19 +717,19 @@ class Scorer(nn.Module):
                 obs["history_feedback"].float(),
                 obs["history_mask"].float(),
             ))
-        return torch.cat(parts, dim=-1), user
+        return torch.cat(parts, dim=-1)
 
     def score_with_state(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Click logits ``(B, K)`` and the user state ``(B, hidden_dim)`` from one pass.
 
         Actor-critic policies need both; this encodes the history once.
         """
-        pair, user = self._pair_features(obs)
-        return self.click_head(pair).squeeze(-1), user
+        outputs, user = self._scores(obs, all_heads=False)
+        return outputs[0], user
 
     def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Click logits ``(B, K)`` float32, one per candidate (PPO logits / DQN values)."""
-        return self.click_head(self._pair_features(obs)[0]).squeeze(-1)
+        return self._scores(obs, all_heads=False)[0][0]
 
     def predict(self, obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Both heads at once.
@@ -514,8 +739,8 @@ class Scorer(nn.Module):
             ``"engagement": (B, K)`` float32 minutes predicted given a click
             (softplus, so never negative).
         """
-        pair, _ = self._pair_features(obs)
-        out = {"click_logit": self.click_head(pair).squeeze(-1)}
+        outputs, _ = self._scores(obs, all_heads=True)
+        out = {"click_logit": outputs[0]}
         if self.engagement_head is not None:
-            out["engagement"] = F.softplus(self.engagement_head(pair).squeeze(-1))
+            out["engagement"] = F.softplus(outputs[1])
         return out

@@ -20,13 +20,17 @@ The history records, per step, the item the user clicked, or (no click) the item
 slate position 0, with its feedback. It lives in a buffer of 2H slots per user whose
 window of the H most recent entries starts at an offset shared by all users (they
 all step together): a step writes one slot and moves the window by one; every H + 1
-steps the window is copied back to the front. The observation is a view of the
-window, so producing it copies nothing.
+steps the window is copied back to the front.
+
+The core keeps item rows, never item vectors: in ``embeddings`` mode the history and
+candidate vectors are gathered from the item table (a few hundred KB, cache-resident)
+when an observation is asked for, straight into the arrays handed out
+(`observation_arrays`), so a step writes each observation byte once and per-user
+state stays small (the history holds ``(B, 2H)`` rows, not ``(B, 2H, d)`` vectors).
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -137,27 +141,36 @@ class Simulator:
         self.candidate_generator = CandidateGenerator(
             self.item_space, k, b, self.candidate_config, max_consumed=max_steps
         )
-        self._affinity_takes_fused = "fused" in inspect.signature(user_model.affinity).parameters
         self.generator = torch.Generator(device=dev)
         self.generator.manual_seed(0 if seed is None else int(seed))
 
+        embeddings = obs_mode == "embeddings"
         # History buffers (2H slots; window [start, start + H), see module docstring).
         self._hist_items = torch.zeros(b, 2 * h, dtype=torch.long, device=dev)
         # [clicked, engagement, mask] side by side: one write per step for all three.
         self._hist_feedback = torch.zeros(b, 2 * h, 3, device=dev)
-        self._hist_vectors = torch.zeros(b, 2 * h, d, device=dev) if obs_mode == "embeddings" else None
+        # embeddings mode: the history's rows of `_vector_table`, whose extra last row
+        # (index N) is the zero vector of padded slots: one gather yields the history.
+        n = self.item_space.num_items
+        self._padding_row = n
+        self._vector_table = torch.cat([self._fused, self._fused.new_zeros(1, d)]) if embeddings else None
+        self._hist_rows = torch.full((b, 2 * h), n, dtype=torch.long, device=dev) if embeddings else None
         self._start = 0
         self.candidates = torch.zeros(b, k, dtype=torch.long, device=dev)
-        self._candidate_vectors = torch.zeros(b, k, d, device=dev) if obs_mode == "embeddings" else None
-        # Two affinity buffers, swapped each step: the one of the candidates just acted
-        # on is returned while the next candidates' one is filled, with no copy.
+        # embeddings mode: (B, H, d) and (B, K, d) vectors behind `observation()` and
+        # `observation_arrays(copy=False)`, allocated on first use and gathered at most
+        # once per step (`_vectors_current`).
+        self._hist_vectors: torch.Tensor | None = None
+        self._candidate_vectors: torch.Tensor | None = None
+        self._vectors_current = False
+        # A new tensor per step (not a buffer): the previous step's one is handed out
+        # as `StepOutcome.true_affinity` and never written again.
         self.candidate_affinity = torch.zeros(b, k, device=dev)
-        self._previous_affinity = torch.zeros(b, k, device=dev)
         self.steps = torch.zeros(b, dtype=torch.int32, device=dev)
         self._all_rows = torch.arange(b, device=dev)
         self._ones = torch.ones(b, device=dev)
         self._checked_user_outputs = False
-        self._numpy: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._numpy: dict[str, np.ndarray] | None = None
 
     # ------------------------------------------------------------------ reset
     def reset(self, seed: int | None = None) -> dict[str, torch.Tensor]:
@@ -184,11 +197,12 @@ class Simulator:
         if rows.numel() == 0:
             return
         self.users.sample(rows, self.generator)
-        self._hist_items[rows] = 0
-        self._hist_feedback[rows] = 0
-        if self._hist_vectors is not None:
-            self._hist_vectors[rows] = 0
-        self.steps[rows] = 0
+        # index_fill_: one kernel per buffer (indexed assignment dispatches far more).
+        self._hist_items.index_fill_(0, rows, 0)
+        self._hist_feedback.index_fill_(0, rows, 0)
+        if self._hist_rows is not None:
+            self._hist_rows.index_fill_(0, rows, self._padding_row)
+        self.steps.index_fill_(0, rows, 0)
         self.candidate_generator.clear_rows(rows)
         self._draw_candidates(rows)
 
@@ -224,7 +238,7 @@ class Simulator:
         self.steps += 1
         terminated = users.done()
         truncated = (self.steps >= self.max_steps) & ~terminated
-        self.candidate_affinity, self._previous_affinity = self._previous_affinity, self.candidate_affinity
+        acted_on_affinity = self.candidate_affinity
         self._draw_candidates(None)
         return StepOutcome(
             reward=reward,
@@ -234,7 +248,7 @@ class Simulator:
             engagement=response.engagement,
             terminated=terminated,
             truncated=truncated,
-            true_affinity=self._previous_affinity,
+            true_affinity=acted_on_affinity,
         )
 
     def _reward(self, slate_positions: torch.Tensor, response: UserResponse) -> torch.Tensor:
@@ -277,8 +291,8 @@ class Simulator:
     def _write_history(self, item: torch.Tensor, click: torch.Tensor, engagement: torch.Tensor) -> None:
         h = self.history_length
         buffers = [self._hist_items, self._hist_feedback]
-        if self._hist_vectors is not None:
-            buffers.append(self._hist_vectors)
+        if self._hist_rows is not None:
+            buffers.append(self._hist_rows)
         start = self._start + 1
         if start > h:  # the window would run past the buffer: move its H - 1 newest entries to the front
             for buf in buffers:
@@ -288,11 +302,15 @@ class Simulator:
         newest = start + h - 1
         self._hist_items[:, newest] = item
         self._hist_feedback[:, newest] = torch.stack([click.float(), engagement, self._ones], dim=1)
-        if self._hist_vectors is not None:
-            torch.index_select(self._fused, 0, item, out=self._hist_vectors[:, newest])
+        if self._hist_rows is not None:
+            self._hist_rows[:, newest] = item
 
     def _draw_candidates(self, rows: torch.Tensor | None) -> None:
-        """New candidates (and their vectors and true affinities) for ``rows`` (None: all)."""
+        """New candidates (and their true affinities) for ``rows`` (None: all).
+
+        Also marks the observation's vectors stale: every caller changes the history
+        or the candidates."""
+        self._vectors_current = False
         items = clicked = None
         if self.candidate_generator.reads_state:
             window = slice(self._start, self._start + self.history_length)
@@ -304,40 +322,50 @@ class Simulator:
         fresh = self.candidate_generator.sample(rows, count, items, clicked, self.generator)
         if rows is None:
             self.candidates.copy_(fresh)
-            if self._candidate_vectors is not None:
-                torch.index_select(
-                    self._fused, 0, self.candidates.view(-1), out=self._candidate_vectors.view(-1, self._fused.shape[1])
-                )
             if self.track_truth:
-                self.candidate_affinity.copy_(self._affinity(self.candidates, self._candidate_vectors))
+                self.candidate_affinity = self.users.affinity(self.candidates, None)
             return
-        self.candidates[rows] = fresh
-        vectors = None
-        if self._candidate_vectors is not None:
-            vectors = self._fused[fresh]
-            self._candidate_vectors[rows] = vectors
+        self.candidates.index_copy_(0, rows, fresh)
         if self.track_truth:
-            self.candidate_affinity[rows] = self._affinity(fresh, vectors, rows)
-
-    def _affinity(
-        self, items: torch.Tensor, vectors: torch.Tensor | None, rows: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        if self._affinity_takes_fused and vectors is not None:
-            return self.users.affinity(items, rows, fused=vectors)
-        return self.users.affinity(items, rows)
+            self.candidate_affinity.index_copy_(0, rows, self.users.affinity(fresh, rows))
 
     # ------------------------------------------------------------------ observation
-    def observation(self) -> dict[str, torch.Tensor]:
-        """The current observation: views into the simulator's buffers (see module docstring).
+    def _current_vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, H, d)`` history and ``(B, K, d)`` candidate vectors (embeddings mode),
+        gathered into reused buffers at most once per step."""
+        if self._hist_vectors is None or self._candidate_vectors is None:
+            b, d, dev = self.num_users, self.item_space.dim, self.device
+            self._hist_vectors = torch.empty(b, self.history_length, d, device=dev)
+            self._candidate_vectors = torch.empty(b, self.num_candidates, d, device=dev)
+        if not self._vectors_current:
+            self._gather_vectors(self._hist_vectors, self._candidate_vectors)
+            self._vectors_current = True
+        return self._hist_vectors, self._candidate_vectors
 
-        The views change on the next `step`/`reset`; copy them to keep them.
+    def _gather_vectors(self, history: torch.Tensor, candidates: torch.Tensor) -> None:
+        """Write the history ``(B, H, d)`` and candidate ``(B, K, d)`` vectors into the
+        given contiguous float32 tensors (one gather each from the cache-resident table)."""
+        assert self._vector_table is not None and self._hist_rows is not None
+        d = self.item_space.dim
+        window = slice(self._start, self._start + self.history_length)
+        torch.index_select(self._vector_table, 0, self._hist_rows[:, window].reshape(-1), out=history.view(-1, d))
+        torch.index_select(self._fused, 0, self.candidates.view(-1), out=candidates.view(-1, d))
+
+    def observation(self) -> dict[str, torch.Tensor]:
+        """The current observation as torch tensors (see module docstring).
+
+        Views of the simulator's buffers (the vectors of ``embeddings`` mode are
+        gathered into reused buffers on the first call after a step): they change on
+        the next `step`/`reset`; copy them to keep them.
         """
         window = slice(self._start, self._start + self.history_length)
         feedback = self._hist_feedback[:, window]
-        history = self._hist_vectors if self._hist_vectors is not None else self._hist_items
-        candidates = self._candidate_vectors if self._candidate_vectors is not None else self.candidates
+        if self.obs_mode == "embeddings":
+            history, candidates = self._current_vectors()
+        else:
+            history, candidates = self._hist_items[:, window], self.candidates
         obs = {
-            "history_items": history[:, window],
+            "history_items": history,
             "history_feedback": feedback[..., :2],
             "history_mask": feedback[..., 2],
             "candidate_items": candidates,
@@ -347,35 +375,84 @@ class Simulator:
             obs["user_features"] = self.users.features()
         return obs
 
+    def observation_rows(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Fresh numpy arrays of the current observation of ``rows`` only (``(R,)`` int64).
+
+        Same keys as `observation`, leading dim ``R``; what a vector env keeps of the
+        users whose episode just ended, without gathering everyone's vectors.
+        """
+        index = torch.as_tensor(rows, dtype=torch.long, device=self.device)
+        window = slice(self._start, self._start + self.history_length)
+        feedback = self._hist_feedback.index_select(0, index)[:, window]
+        if self.obs_mode == "embeddings":
+            assert self._vector_table is not None and self._hist_rows is not None
+            d = self.item_space.dim
+            history_rows = self._hist_rows.index_select(0, index)[:, window].reshape(-1)
+            history = self._vector_table.index_select(0, history_rows).view(len(rows), self.history_length, d)
+            candidates = self._fused.index_select(0, self.candidates.index_select(0, index).view(-1))
+            candidates = candidates.view(len(rows), self.num_candidates, d)
+        else:
+            history = self._hist_items.index_select(0, index)[:, window]
+            candidates = self.candidates.index_select(0, index)
+        obs = {
+            "history_items": history,
+            "history_feedback": feedback[..., :2],
+            "history_mask": feedback[..., 2],
+            "candidate_items": candidates,
+            "time_left": self.users.time_left().index_select(0, index).unsqueeze(1),
+        }
+        if self.num_features:
+            obs["user_features"] = self.users.features().index_select(0, index)
+        return {key: np.array(value.cpu().numpy()) for key, value in obs.items()}
+
     def observation_arrays(self, copy: bool = True) -> dict[str, np.ndarray]:
         """The current observation as numpy arrays (same keys and shapes as `observation`).
 
-        On CPU the arrays are numpy views of the simulator's buffers, made once, so
-        producing them costs no torch call per key; ``copy=True`` returns fresh arrays
-        (what an environment hands out), ``copy=False`` views valid until the next
-        `step`/`reset`. On CUDA the tensors are copied to host memory.
+        ``copy=True`` (what the environments hand out by default): fresh arrays the
+        caller may keep, each written once (the ``embeddings`` vectors are gathered
+        from the item table straight into them). ``copy=False``: views of the
+        simulator's buffers, valid until the next `step`/`reset`, which then
+        overwrites them (the vectors are gathered into reused buffers, so no memory is
+        allocated per step). On CUDA the tensors are copied to host memory.
         """
         if self.device.type != "cpu":
             return {key: value.cpu().numpy() for key, value in self.observation().items()}
         if self._numpy is None:
-            history = self._hist_vectors if self._hist_vectors is not None else self._hist_items
-            candidates = self._candidate_vectors if self._candidate_vectors is not None else self.candidates
-            self._numpy = (history.numpy(), self._hist_feedback.numpy(), candidates.numpy())
-        history, feedback, candidates = self._numpy
+            self._numpy = {
+                "hist_items": self._hist_items.numpy(),
+                "feedback": self._hist_feedback.numpy(),
+                "candidates": self.candidates.numpy(),
+            }
+        views = self._numpy
         window = slice(self._start, self._start + self.history_length)
+        feedback = views["feedback"][:, window]
         time_left = self.users.time_left().numpy().reshape(-1, 1)
+        if self.obs_mode == "ids":
+            history, candidates = views["hist_items"][:, window], views["candidates"]
+        elif not copy or self._vectors_current:
+            hist_vectors, candidate_vectors = self._current_vectors()
+            history, candidates = hist_vectors.numpy(), candidate_vectors.numpy()
+        else:  # fresh arrays, gathered into directly: the one write of these bytes
+            b, d = self.num_users, self.item_space.dim
+            history = np.empty((b, self.history_length, d), np.float32)
+            candidates = np.empty((b, self.num_candidates, d), np.float32)
+            self._gather_vectors(torch.from_numpy(history), torch.from_numpy(candidates))
         obs = {
-            "history_items": history[:, window],
-            "history_feedback": feedback[:, window, :2],
-            "history_mask": feedback[:, window, 2],
+            "history_items": history,
+            "history_feedback": feedback[..., :2],
+            "history_mask": feedback[..., 2],
             "candidate_items": candidates,
             "time_left": time_left,
         }
         if self.num_features:
             obs["user_features"] = self.users.features().numpy()
-        if copy:
-            return {key: np.array(value) for key, value in obs.items()}
-        return obs
+        if not copy:
+            return obs
+        fresh_vectors = self.obs_mode == "embeddings" and not self._vectors_current
+        return {
+            key: value if fresh_vectors and key in ("history_items", "candidate_items") else np.array(value)
+            for key, value in obs.items()
+        }
 
     # ------------------------------------------------------------------ memory
     def state_bytes(self) -> int:

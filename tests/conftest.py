@@ -22,8 +22,8 @@ import torch  # noqa: E402
 
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
-    """One torch thread per test: on a 2-core CI box, 2 threads next to any other load
-    oversubscribe the cores and small ops stall (measured ~10x slower); results do not
+    """One torch thread per test: the tests' tensors are tiny, so threads add barriers
+    and no speed, and test processes often run beside other jobs; results do not
     depend on the thread count."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -37,6 +40,7 @@ def make_ranker(space, seed=0) -> Ranker:
     return Ranker(scorer, space)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo,steps", [("ppo", 12_288), ("dqn", 12_288)])
 def test_agent_improves_over_random_policy(space, tmp_path, algo, steps):
     config = AgentConfig(algo=algo, total_steps=steps, num_envs=64, device="cpu",
@@ -68,13 +72,15 @@ def test_warm_start_first_logits_equal_ranker_scores(space, algo, obs_mode):
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_cold_start_differs_from_ranker(space):
-    ranker = make_ranker(space, seed=3)
-    config = AgentConfig(algo="ppo", num_envs=4, device="cpu", scorer=SMALL_SCORER, seed=11)
-    model = build_agent(config, make_env(config, ENV_ID, {"obs_mode": "ids", "item_space": space}), space)
-    warm = ranker.warm_start_state_dict()
-    cold = model.policy.scorer.state_dict()
-    assert any(not torch.equal(warm[k], cold[k]) for k in warm)
+def test_cold_start_initialisation_is_a_function_of_the_seed(space):
+    def initial_weights(seed: int) -> dict:
+        config = AgentConfig(algo="ppo", num_envs=4, device="cpu", scorer=SMALL_SCORER, seed=seed)
+        venv = make_env(config, ENV_ID, {"obs_mode": "ids", "item_space": space})
+        return build_agent(config, venv, space).policy.scorer.state_dict()
+
+    first, again, other = initial_weights(11), initial_weights(11), initial_weights(12)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert any(not torch.equal(first[k], other[k]) for k in first)
 
 
 class _Interrupt(BaseCallback):
@@ -90,6 +96,7 @@ class _Interrupt(BaseCallback):
         return True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", ["ppo", "dqn"])
 def test_resume_continues_from_saved_step_with_identical_parameters(space, tmp_path, algo):
     config = AgentConfig(algo=algo, total_steps=4_096, num_envs=32, n_steps=16, device="cpu",
@@ -118,6 +125,7 @@ def test_resume_continues_from_saved_step_with_identical_parameters(space, tmp_p
     assert len(list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))) >= 1
 
 
+@pytest.mark.slow
 def test_resume_from_different_configuration_is_refused(space, tmp_path):
     config = AgentConfig(algo="ppo", total_steps=512, num_envs=16, n_steps=16, device="cpu",
                          scorer=SMALL_SCORER, batch_size=128)
@@ -128,15 +136,26 @@ def test_resume_from_different_configuration_is_refused(space, tmp_path):
         train_agent(other, ENV_ID, {"obs_mode": "ids"}, space, tmp_path)
 
 
-def test_interrupted_run_never_corrupts_last_good_checkpoint(space, tmp_path):
+@pytest.mark.slow
+def test_a_checkpoint_write_torn_midway_leaves_the_last_good_checkpoint_to_resume_from(space, tmp_path,
+                                                                                      monkeypatch):
     config = AgentConfig(algo="ppo", total_steps=512, num_envs=16, n_steps=16, device="cpu",
-                         scorer=SMALL_SCORER, batch_size=128)
+                         scorer=SMALL_SCORER, batch_size=128, checkpoint_every=256)
     train_agent(config, ENV_ID, {"obs_mode": "ids"}, space, tmp_path)
     good = (tmp_path / "checkpoint.pt").read_bytes()
-    (tmp_path / "checkpoint.pt.tmp").write_bytes(b"half-written garbage")
-    payload = load_agent_checkpoint(tmp_path / "checkpoint.pt", config, space)
-    assert payload["num_timesteps"] >= 512
+
+    def torn_save(payload, f, *args, **kwargs):  # the process dies halfway through a write
+        (f.write if hasattr(f, "write") else Path(f).write_bytes)(b"half-written")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", torn_save)
+    longer = dataclasses.replace(config, total_steps=1024)
+    with pytest.raises(KeyboardInterrupt):
+        train_agent(longer, ENV_ID, {"obs_mode": "ids"}, space, tmp_path)
+    monkeypatch.undo()
     assert (tmp_path / "checkpoint.pt").read_bytes() == good
+    outcome = train_agent(longer, ENV_ID, {"obs_mode": "ids"}, space, tmp_path)
+    assert outcome.resumed_from == 512 and outcome.num_timesteps >= 1024
 
 
 def test_warm_start_from_ranker_of_other_item_space_is_refused(space):
@@ -186,6 +205,7 @@ def test_every_baseline_runs_on_every_registered_id(space, env_id):
         assert (result.session_length >= 1).all()
 
 
+@pytest.mark.slow
 def test_behaviour_cloning_raises_the_likelihood_of_logged_clicked_recommendations(space, tmp_path):
     from agents.train import behaviour_clone
     from envs.rec_env import RecEnvOptions, build_simulator
@@ -242,6 +262,7 @@ def test_plackett_luce_slate_probabilities_sum_to_one_and_samples_are_distinct()
     assert torch.equal(many.mode()[0], torch.tensor([2, 3, 0]))
 
 
+@pytest.mark.slow
 def test_ppo_slate_policy_improves_over_random_slates(space, tmp_path):
     env_id = "recsim_mm/InterestEvolutionSlate-v0"
     config = AgentConfig(algo="ppo", total_steps=12_288, num_envs=64, device="cpu", scorer=SMALL_SCORER)
@@ -259,6 +280,7 @@ def test_ppo_slate_policy_improves_over_random_slates(space, tmp_path):
     assert gain.mean() > 3 * standard_error, (gain.mean(), standard_error)
 
 
+@pytest.mark.slow
 def test_kl_penalty_keeps_ppo_closer_to_the_ranker(space, tmp_path):
     ranker = make_ranker(space, seed=3)
     venv_obs = make_env(AgentConfig(num_envs=256, device="cpu"), ENV_ID,

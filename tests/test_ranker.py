@@ -51,6 +51,7 @@ def trained(space, logs):
     }
 
 
+@pytest.mark.slow
 def test_fused_ranker_beats_text_only_and_image_only(trained, logs):
     metrics = {m: evaluate_ranker(r.ranker, logs["test"], k=5) for m, r in trained.items()}
     fused, text, image = (metrics[m]["auc"] for m in ("fused", "text", "image"))
@@ -129,6 +130,15 @@ def test_checkpoint_with_another_architecture_is_refused(trained, space, tmp_pat
         ranker.warm_start(Scorer(dataclasses.replace(ranker.config, modality="text")))
 
 
+def test_checkpoint_from_before_history_decays_is_refused_naming_the_field(trained, space, tmp_path):
+    trained["fused"].ranker.save(tmp_path / "ranker.pt")
+    payload = torch.load(tmp_path / "ranker.pt", weights_only=True)
+    del payload["scorer_config"]["history_decays"]  # as written before the field existed
+    torch.save(payload, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match=r"old.pt: checkpoint written by an older version.*\['history_decays'\]"):
+        Ranker.load(tmp_path / "old.pt", space)
+
+
 def test_training_on_a_log_of_another_item_space_is_refused(logs):
     other = ItemSpace.random(600, d_text=32, d_image=32, seed=5)
     with pytest.raises(ValueError, match="different item space"):
@@ -145,6 +155,7 @@ def test_warm_start_gives_the_agent_scorer_identical_scores(trained, space):
         torch.testing.assert_close(agent_scorer(batch), ranker.scorer(batch), rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_greedy_ranker_beats_popularity_and_random_on_held_out_users(trained, logs, space):
     env = gymnasium.make_vec(ENV_ID, num_envs=300, vectorization_mode="vector_entry_point",
                              item_space=space, device="cpu")

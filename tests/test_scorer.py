@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
 import torch
 
@@ -161,3 +164,101 @@ def test_catalog_tower_shortcut_matches_per_row_tower_and_gradients(encoder, fus
     emb_scores.sum().backward()
     for (name, a), (_, b) in zip(ids_scorer.named_parameters(), emb_scorer.named_parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+# -- the split heads, the folded user encoder, the catalog cache (the learner's speed) ----
+
+
+@pytest.mark.parametrize("encoder,fusion", VARIANTS)
+@pytest.mark.parametrize("history_match", [True, False])
+def test_split_heads_equal_the_unsplit_computation_on_pair_features(encoder, fusion, history_match):
+    scorer = make(user_encoder=encoder, fusion=fusion, history_match=history_match)
+    for obs in (ids_obs(batch=16), as_embeddings(ids_obs())):
+        with torch.no_grad():
+            pair = scorer.pair_features(obs)
+            out = scorer.predict(obs)
+        torch.testing.assert_close(out["click_logit"], scorer.click_head(pair).squeeze(-1), rtol=1e-5, atol=1e-5)
+        expected = torch.nn.functional.softplus(scorer.engagement_head(pair).squeeze(-1))
+        torch.testing.assert_close(out["engagement"], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_split_heads_give_the_unsplit_gradients():
+    split, unsplit = make(), make()
+    obs = ids_obs(batch=16)
+    split(obs).sum().backward()
+    unsplit.click_head(unsplit.pair_features(obs)).sum().backward()
+    for (name, a), (_, b) in zip(split.named_parameters(), unsplit.named_parameters(), strict=True):
+        if b.grad is None:  # the engagement head: not in the click logits
+            assert a.grad is None, name
+            continue
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_attention_user_encoder_equals_multihead_attention_over_the_token_sequence():
+    scorer = make(seed=4)
+    encoder = scorer.user_encoder
+    obs = as_embeddings(ids_obs())
+    history = scorer.item_tower(obs["history_items"])
+    feedback, mask = obs["history_feedback"], obs["history_mask"]
+    with torch.no_grad():
+        # the encoder as first written: token layer, recency, nn.MultiheadAttention
+        tokens = encoder.token(torch.cat([history, feedback[..., :1], torch.log1p(feedback[..., 1:])], -1))
+        tokens = (tokens + encoder.recency(torch.arange(4, -1, -1))) * mask.unsqueeze(-1)
+        keys = torch.cat([encoder.empty_token.expand(4, 1, -1), tokens], dim=1)
+        ignore = torch.cat([torch.zeros(4, 1, dtype=torch.bool), mask <= 0], dim=1)
+        queries = encoder.queries.unsqueeze(0).expand(4, -1, -1)
+        pooled, _ = encoder.attention(queries, keys, keys, key_padding_mask=ignore, need_weights=False)
+        parts = [pooled.reshape(4, -1), torch.log1p(obs["time_left"])]
+        expected = encoder.norm(encoder.summary(torch.cat(parts, dim=-1)))
+        got = encoder(history, feedback, mask, obs["time_left"], None)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_cached_catalog_terms_equal_recomputed_and_refresh_after_an_optimizer_step():
+    scorer = make()
+    obs = ids_obs(batch=2)  # few lookups: with gradients the rows are computed one by one
+    with torch.no_grad():
+        first = scorer(obs)
+        cached = scorer._catalog_cache[1]
+        assert scorer(obs) is not first and scorer._catalog_cache[1] is cached  # hit
+    recomputed = scorer(obs)  # with autograd: no cache, per-row tower
+    torch.testing.assert_close(first, recomputed, rtol=0, atol=1e-6)
+    optimizer = torch.optim.Adam(scorer.parameters(), lr=0.1)
+    recomputed.sum().backward()
+    optimizer.step()
+    with torch.no_grad():
+        after = scorer(obs)
+        assert scorer._catalog_cache[1] is not cached  # the step changed the weights
+        assert not torch.allclose(after, first)
+        scorer._catalog_cache = None
+        torch.testing.assert_close(after, scorer(obs), rtol=0, atol=0)
+
+
+def test_decayed_history_statistics_equal_a_hand_computed_value():
+    config = ScorerConfig(d_text=2, d_image=2, hidden_dim=4, num_heads=1, history_decays=(0.5,))
+    match = Scorer(config).history_match
+    # H = 3 steps (oldest first, the first one padding), one candidate
+    history = torch.tensor([[[9.0, 9.0, 9.0, 9.0], [1.0, 0.0, 0.0, 1.0], [0.0, 1.0, 0.6, 0.8]]])
+    feedback = torch.tensor([[[1.0, 50.0], [1.0, 3.0], [0.0, 0.0]]])
+    mask = torch.tensor([[0.0, 1.0, 1.0]])
+    candidate = torch.tensor([[[0.6, 0.8, 1.0, 0.0]]])
+    stats = match.statistics(candidate, history, feedback, mask)[0, 0]
+    assert stats.shape == (match.num_statistics,) == ((4 + 2) * 2 + 2,)
+    # text part: cos to step 1 (1 step back, clicked, 3 min) = 0.6, to step 2 (newest, skipped) = 0.8
+    torch.testing.assert_close(stats[4], torch.tensor(0.5 * 1.0 * 0.6))  # clicked, decayed
+    torch.testing.assert_close(stats[5], torch.tensor(0.5 * math.log1p(3.0) * 0.6))  # log1p(minutes)
+    # image part: cos to step 1 = 0.0, to step 2 = 0.6; step 2 was skipped with 0 minutes
+    torch.testing.assert_close(stats[10:12], torch.zeros(2))
+    torch.testing.assert_close(stats[0], torch.tensor(0.6))  # clicked mean (unchanged statistic)
+
+
+@pytest.mark.parametrize("decays", [(1.0,), (0.0,), (0.5, 0.5), ("0.5",), (True,)])
+def test_invalid_history_decays_are_refused(decays):
+    with pytest.raises(ValueError, match="history_decays"):
+        ScorerConfig(d_text=8, d_image=6, history_decays=decays)
+
+
+def test_history_decays_survive_a_json_round_trip():
+    config = ScorerConfig(d_text=8, d_image=6, history_decays=(0.6, 0.9))
+    again = ScorerConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert again == config and again.history_decays == (0.6, 0.9)

@@ -208,16 +208,25 @@ def sample_gamma(concentration: float, n: int, generator: torch.Generator, devic
     shape = concentration + 1 if boost else concentration
     d = shape - 1.0 / 3.0
     c = 1.0 / math.sqrt(9.0 * d)
-    out = torch.empty(n, device=device)
-    todo = torch.arange(n, device=device)
-    while todo.numel() > 0:
-        m = todo.numel()
+    out: torch.Tensor | None = None
+    todo: torch.Tensor | None = None  # rows still to draw; None: all n, nothing accepted yet
+    m = n
+    while m > 0:
         x = torch.randn(m, generator=generator, device=device)
         u = torch.rand(m, generator=generator, device=device)
         v = (1 + c * x) ** 3
         ok = (v > 0) & (torch.log(u) < 0.5 * x * x + d - d * v + d * torch.log(v.clamp_min(1e-30)))
+        if todo is None and bool(ok.all()):
+            out = d * v  # the common case (acceptance is ~95%+): no scatter of accepted rows
+            break
+        if out is None or todo is None:
+            out = torch.empty(n, device=device)
+            todo = torch.arange(n, device=device)
         out[todo[ok]] = (d * v)[ok]
         todo = todo[~ok]
+        m = todo.numel()
+    if out is None:  # n == 0
+        out = torch.empty(0, device=device)
     if boost:
         out *= torch.rand(n, generator=generator, device=device) ** (1.0 / concentration)
     return out
@@ -277,6 +286,9 @@ class MultimodalUser(UserModel):
         self._centres_text, self._centres_image = self._topic_centres(space)
         self.interest = torch.zeros(b, d, device=dev)
         self.modality_weight = torch.zeros(b, device=dev)
+        # (B, d): a on text columns, 1 - a on image columns; fixed for a user's session,
+        # so drawn once in sample() rather than rebuilt by every drift step.
+        self._column_weight = torch.zeros(b, d, device=dev)
         self._probe = torch.zeros(b, 2, d + 2, device=dev)
         self._probe[:, 0, d] = cfg.quality_weight
         self._weighted = self._probe[:, 0, :d]  # view: interest scaled by modality weights
@@ -325,15 +337,19 @@ class MultimodalUser(UserModel):
             v = v + cfg.interest_noise * noise / math.sqrt(width)
             return torch.nn.functional.normalize(v, dim=-1)
 
-        self.interest[rows] = torch.cat([part(centres_text), part(centres_image)], dim=1)
+        # index_copy_ / index_fill_: one kernel each (indexed assignment dispatches far more).
+        interest = torch.cat([part(centres_text), part(centres_image)], dim=1)
+        self.interest.index_copy_(0, rows, interest)
         a, b = cfg.modality_beta
-        self.modality_weight[rows] = sample_beta(a, b, r, generator, dev)
-        self._weighted[rows] = self.interest[rows] * self._column_weights(rows)
-        self.satiation[rows] = 0
+        self.modality_weight.index_copy_(0, rows, sample_beta(a, b, r, generator, dev))
+        column_weight = self._column_weights(rows)
+        self._column_weight.index_copy_(0, rows, column_weight)
+        self._weighted.index_copy_(0, rows, interest * column_weight)
+        self.satiation.index_fill_(0, rows, 0)
         spread = 2 * torch.rand(r, generator=generator, device=dev) - 1
-        self.budget[rows] = cfg.time_budget * (1 + cfg.time_budget_spread * spread)
-        self.disappointments[rows] = 0
-        self.left[rows] = False
+        self.budget.index_copy_(0, rows, cfg.time_budget * (1 + cfg.time_budget_spread * spread))
+        self.disappointments.index_fill_(0, rows, 0)
+        self.left.index_fill_(0, rows, False)
 
     def _column_weights(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """``(R, d)``: ``a`` on the text columns, ``1 - a`` on the image columns."""
@@ -412,7 +428,7 @@ class MultimodalUser(UserModel):
             step = (cfg.drift_rate * watched).unsqueeze(1)
             self.interest.addcmul_(self._chosen - self.interest, step)
             self._normalise_parts()
-            torch.mul(self.interest, self._column_weights(), out=self._weighted)
+            torch.mul(self.interest, self._column_weight, out=self._weighted)
         # Budget: pay the minutes and the browsing cost, get refund_rate * watched back per minute.
         self.budget.addcmul_(response.engagement, watched * cfg.refund_rate - 1).sub_(cfg.step_cost).clamp_min_(0)
         disappointed = watched < cfg.disappointment_threshold  # no click: watched = 0
