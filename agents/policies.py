@@ -1,6 +1,6 @@
 """Stable-Baselines3 policies built on the shared `recsim_mm.scorer.Scorer`.
 
-One scorer network serves three roles (DESIGN.md, structural decision 2):
+One scorer network serves three roles (the one-scorer design, docs/agents.md):
 
 - `ScorerActorCriticPolicy` (PPO): actor logits over the K candidates = the scorer's
   click logits; critic = a small head on the scorer's user-state encoding.

@@ -2,7 +2,7 @@
 
 Runs SB3 PPO / DQN with the shared-scorer policies over the native batched
 environment (`agents.sb3_vec_env.SB3VecEnv`, no subprocesses), after a warm-up
-learn() call, on the current device. Design targets (DESIGN.md): PPO >= 10k and DQN
+learn() call, on the current device. Design targets (docs/design_notes.md): PPO >= 10k and DQN
 >= 5k env steps/s on 2 CPU cores with the default scorer.
 
     python benchmarks/agent_throughput.py [--steps 16384] [--device cpu|cuda|auto] [--threads 1]

@@ -1,6 +1,6 @@
 """The shared scorer network: one score per candidate from the user's history and the candidates.
 
-One module serves three roles (DESIGN.md, structural decision 2): the supervised
+One module serves three roles (the one-scorer design, docs/agents.md): the supervised
 ranker's click model, the PPO actor (its scores are the logits over candidates) and
 the DQN Q-network (one value per candidate). Warm start is loading the ranker's
 `state_dict` into the agent's scorer.
