@@ -37,6 +37,8 @@ import torch
 
 from agents.baselines import Recommender
 
+#: Strategy names of the references, as configs and reports use them.
+REFERENCE_NAMES: tuple[str, ...] = ("myopic_oracle", "planning")
 #: Horizons (steps of continuation value) `tune_planning_horizon` tries by default.
 PLANNING_HORIZONS: tuple[float, ...] = (0.0, 1.0, 3.0, 10.0, 30.0, 100.0)
 
@@ -51,7 +53,7 @@ class MyopicOracle(Recommender):
         seed: tie-breaking seed.
     """
 
-    name = "myopic_oracle"
+    name = REFERENCE_NAMES[0]
     privileged = True
 
     def __init__(self, reward: str = "engagement", slate_size: int | None = None, seed: int = 0):
@@ -96,7 +98,7 @@ class PlanningReference(MyopicOracle):
         reward, slate_size, seed: as `MyopicOracle`.
     """
 
-    name = "planning"
+    name = REFERENCE_NAMES[1]
 
     def __init__(self, horizon: float, reward: str = "engagement", slate_size: int | None = None, seed: int = 0):
         super().__init__(reward, slate_size, seed)

@@ -35,6 +35,7 @@ from typing import Any
 
 import yaml
 
+from agents.references import REFERENCE_NAMES
 from agents.train import AgentConfig
 from recsim_mm.ranker import TrainConfig
 from recsim_mm.scorer import ScorerConfig
@@ -48,7 +49,7 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 #: warm and/or cold start).
 BASELINE_AGENTS = ("random", "popular", "longest", "oracle", "linucb")
 RANKER_AGENTS = ("greedy", "mmr")
-REFERENCE_AGENTS = ("myopic_oracle", "planning")
+REFERENCE_AGENTS = REFERENCE_NAMES
 RL_AGENTS = ("ppo", "dqn")
 KNOWN_AGENTS = (*BASELINE_AGENTS, *RANKER_AGENTS, *REFERENCE_AGENTS, *RL_AGENTS)
 #: The default experiment's environments (`make run`): the long-term-effects suite.

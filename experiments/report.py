@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from agents.references import REFERENCE_NAMES
+
 #: Metrics of `agents.evaluation.EvalResult.summary`, in table order, with their units.
 METRICS = {
     "episode_return": "true simulator return per session",
@@ -33,7 +35,7 @@ METRICS = {
     "coverage": "share of the catalog ever recommended",
 }
 #: Privileged references every summary reports fractions of (`agents.references`).
-REFERENCES = ("myopic_oracle", "planning")
+REFERENCES = REFERENCE_NAMES
 #: The return broken down: per user, return = session_length x ctr x minutes_per_click.
 BREAKDOWN = ("episode_return", "session_length", "ctr", "minutes_per_click", "recommended_duration")
 #: Metrics drawn in the bar chart.
