@@ -28,6 +28,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.dqn.policies import DQNPolicy, QNetwork
 from torch import nn
 
+from recsim_mm.sampling import gumbel_top_k, plackett_luce_log_prob_and_entropy
 from recsim_mm.scorer import Scorer, ScorerConfig
 
 ID_KEYS = ("history_items", "candidate_items")
@@ -116,18 +117,7 @@ class PlackettLuceDistribution(Distribution):
 
     def _chain(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probability ``(B,)`` and chain-rule entropy ``(B,)`` along ``actions``."""
-        logits = self.logits
-        taken = torch.zeros_like(logits, dtype=torch.bool)
-        log_prob = logits.new_zeros(logits.shape[0])
-        entropy = logits.new_zeros(logits.shape[0])
-        for position in range(self.slate_size):
-            chosen = actions[:, position : position + 1]
-            log_soft = torch.log_softmax(logits.masked_fill(taken, float("-inf")), dim=-1)
-            log_soft = log_soft.masked_fill(taken, 0.0)
-            log_prob = log_prob + log_soft.gather(1, chosen).squeeze(1)
-            entropy = entropy - (log_soft.exp() * log_soft).masked_fill(taken, 0.0).sum(-1)
-            taken = taken.scatter(1, chosen, True)
-        return log_prob, entropy
+        return plackett_luce_log_prob_and_entropy(self.logits, actions)
 
     def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
         log_prob, self._entropy = self._chain(actions.long().reshape(-1, self.slate_size))
@@ -139,9 +129,7 @@ class PlackettLuceDistribution(Distribution):
         return self._entropy
 
     def sample(self) -> torch.Tensor:
-        uniform = torch.rand_like(self.logits).clamp_(1e-20, 1.0)
-        gumbel = self.logits - torch.log(-torch.log(uniform))
-        return gumbel.topk(self.slate_size, dim=-1).indices
+        return gumbel_top_k(self.logits, self.slate_size)
 
     def mode(self) -> torch.Tensor:
         return self.logits.topk(self.slate_size, dim=-1).indices

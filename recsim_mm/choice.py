@@ -12,6 +12,8 @@ import abc
 
 import torch
 
+from recsim_mm.sampling import gumbel_max
+
 
 class ChoiceModel(abc.ABC):
     """Picks at most one slate position per user.
@@ -62,10 +64,7 @@ class MultinomialLogit(ChoiceModel):
         logits = torch.cat(
             [utility.new_full((batch, 1), self.no_click_utility), utility], dim=1
         ) / self.temperature
-        u = torch.rand(logits.shape, generator=generator, device=utility.device)
-        # Gumbel noise -log(-log U); clamp_min keeps U=0 from producing inf.
-        gumbel = -torch.log(-torch.log(u.clamp_min_(1e-20)))
-        return (logits + gumbel).argmax(dim=1) - 1
+        return gumbel_max(logits, generator) - 1
 
     def click_probability(self, utility: torch.Tensor) -> torch.Tensor:
         logits = torch.cat(

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from recsim_mm.device import cpu_threads
+from recsim_mm.pca import principal_components
 
 #: Valid values of ``alignment``.
 ALIGNMENTS = ("pca", "contrastive")
@@ -58,14 +59,9 @@ class PCAProjection:
                 f"width {width} gives at most min(N - 1, D) = {min(n - 1, width)} components"
             )
         x = x.double()  # float64: small eigenvalues of whitening stay accurate
-        mean = x.mean(0)
         with cpu_threads(x.device):
-            _, s, vh = torch.linalg.svd(x - mean, full_matrices=False)
-        components = vh[:d].T
-        # SVD signs are arbitrary; fix them so the same data always gives the same vectors.
-        pivot = components.abs().argmax(0)
-        signs = torch.sign(components[pivot, torch.arange(d)])
-        components = components * torch.where(signs == 0, 1.0, signs)
+            mean, components, s = principal_components(x, d)
+        components = components.T
         var = s**2 / max(n - 1, 1)
         std = var[:d].sqrt()
         if whiten and bool((std <= 1e-8 * std[0]).any()):

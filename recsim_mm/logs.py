@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from recsim_mm.files import atomic_write
+from recsim_mm.sampling import gumbel_top_k, plackett_luce_log_prob
 
 LOG_FORMAT = "recsim_mm.InteractionLog/1"
 REQUIRED_COLUMNS = (
@@ -544,23 +545,10 @@ class LoggingPolicy(abc.ABC):
         pick = torch.multinomial(weights.expand(batch, -1), 1, generator=generator).squeeze(1)
         logits = torch.stack([lg.float() for _, lg in parts])  # (C, B, K)
         chosen = logits[pick, torch.arange(batch, device=candidates.device)]
-        # Gumbel top-S is an exact Plackett-Luce draw without replacement.
-        u = torch.rand(chosen.shape, generator=generator, device=chosen.device).clamp_min(1e-12)
-        shown = (chosen - torch.log(-torch.log(u))).topk(slate_size, dim=-1).indices
-        log_p = torch.stack([_plackett_luce_log_prob(lg.double(), shown) for lg in logits])
+        shown = gumbel_top_k(chosen, slate_size, generator)
+        log_p = torch.stack([plackett_luce_log_prob(lg.double(), shown) for lg in logits])
         propensity = (torch.log(weights).unsqueeze(1) + log_p).logsumexp(0).exp()
         return shown, propensity
-
-
-def _plackett_luce_log_prob(logits: torch.Tensor, shown: torch.Tensor) -> torch.Tensor:
-    """``(B,)`` log-probability of the ordered slates ``shown (B, S)`` under PL ``logits (B, K)``."""
-    remaining = logits.clone()
-    total = torch.zeros(logits.shape[0], dtype=logits.dtype, device=logits.device)
-    for j in range(shown.shape[1]):
-        pos = shown[:, j : j + 1]
-        total = total + remaining.gather(1, pos).squeeze(1) - remaining.logsumexp(1)
-        remaining = remaining.scatter(1, pos, float("-inf"))
-    return total
 
 
 class UniformPolicy(LoggingPolicy):
