@@ -27,7 +27,7 @@ import envs  # noqa: F401  (registers the recsim_mm/ ids)
 from agents.baselines import OracleRecommender, PopularRecommender, RandomRecommender
 from agents.evaluation import evaluate_policy
 from envs.rec_env import RecEnvOptions, build_simulator
-from recsim_mm.logs import EpsilonMixture, ProductionPolicy, UniformPolicy, collect
+from recsim_mm.logging_policies import EpsilonMixture, ProductionPolicy, UniformPolicy, collect
 from recsim_mm.metrics import auc
 from recsim_mm.pipeline import default_item_space
 from recsim_mm.ranker import TrainConfig, evaluate_ranker, train_ranker

@@ -209,7 +209,7 @@ def test_every_baseline_runs_on_every_registered_id(space, env_id):
 def test_behaviour_cloning_raises_the_likelihood_of_logged_clicked_recommendations(space, tmp_path):
     from agents.train import behaviour_clone
     from envs.rec_env import RecEnvOptions, build_simulator
-    from recsim_mm.logs import ProductionPolicy, collect
+    from recsim_mm.logging_policies import ProductionPolicy, collect
 
     sim = build_simulator(RecEnvOptions(item_space=space, obs_mode="ids"), num_users=64, default_device="cpu")
     log = collect(sim, ProductionPolicy(), num_users=128, steps=20, seed=0)

@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from recsim_mm import ItemSpace
-from recsim_mm.logs import (
+from recsim_mm.logging_policies import (
     EpsilonMixture,
-    InteractionLog,
     PopularityPolicy,
     ProductionPolicy,
     UniformPolicy,
     collect,
 )
+from recsim_mm.logs import InteractionLog
 
 SPACE = ItemSpace.random(40, d_text=4, d_image=4, seed=1)
 
@@ -202,3 +202,15 @@ def test_null_values_are_named(tmp_path):
     cols["history_engagement"][3][1] = None
     with pytest.raises(ValueError, match="column 'history_engagement' has a null entry in record 3"):
         InteractionLog.from_records(cols, SPACE)
+
+
+def test_logging_policy_names_stay_importable_from_recsim_mm_logs():
+    import recsim_mm.logging_policies as moved
+    import recsim_mm.logs as logs
+    from recsim_mm.logs import EpsilonMixture as Eps, collect as collect_from_logs  # noqa: N813
+
+    assert Eps is moved.EpsilonMixture and collect_from_logs is moved.collect
+    for name in ("LoggingPolicy", "UniformPolicy", "PopularityPolicy", "ProductionPolicy"):
+        assert getattr(logs, name) is getattr(moved, name)
+    with pytest.raises(AttributeError, match="no_such_name"):
+        logs.no_such_name  # noqa: B018

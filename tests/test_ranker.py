@@ -15,7 +15,7 @@ from agents.baselines import PopularRecommender, RandomRecommender
 from agents.evaluation import evaluate_policy
 from envs.rec_env import RecEnvOptions, build_simulator
 from recsim_mm import ItemSpace
-from recsim_mm.logs import ProductionPolicy, collect
+from recsim_mm.logging_policies import ProductionPolicy, collect
 from recsim_mm.pipeline import default_item_space
 from recsim_mm.ranker import Ranker, TrainConfig, evaluate_ranker, train_ranker
 from recsim_mm.scorer import Scorer, ScorerConfig
