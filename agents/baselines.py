@@ -7,7 +7,7 @@ Every strategy compared in an experiment answers
 on batched vector-env observations: ``actions`` is ``(B,)`` int64 candidate positions
 (``(B, S)`` for slate environments). SB3 models and `recsim_mm.ranker.RankerPolicy`
 already have this method. Two optional hooks let a baseline see more than the
-observation; the evaluator (`agents.evaluation.evaluate_policy`) calls them:
+observation; the evaluator (`agents.evaluation.evaluate_recommender`) calls them:
 
 - ``observe(info)`` before ``predict``: the info dict that came with the observation.
   Only privileged baselines (the oracle) read ground truth from it.

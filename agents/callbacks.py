@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
-from agents.evaluation import evaluate_policy
+from agents.evaluation import evaluate_recommender
 from recsim_mm.files import write_json
 
 
@@ -79,7 +79,7 @@ class LearningCurveCallback(BaseCallback):
             self._evaluate()
 
     def _evaluate(self) -> None:
-        result = evaluate_policy(self.model, self.env, seed=self.seed, item_table=self.item_table)
+        result = evaluate_recommender(self.model, self.env, seed=self.seed, item_table=self.item_table)
         value = result.summary()["episode_return"]
         self.rows.append((int(self.num_timesteps), float(value)))
         self.logger.record("eval/episode_return", value)

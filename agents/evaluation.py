@@ -3,10 +3,15 @@
 Every strategy is scored the same way: B fresh users (seeded, disjoint from training
 users through the seed) each play one episode in the native vector env against the
 TRUE simulator reward, whatever reward the strategy was trained on.
+
+The evaluator is `evaluate_recommender`. It was called ``evaluate_policy``, which
+shadowed SB3's ``stable_baselines3.common.evaluation.evaluate_policy`` (another
+signature and result); that name still works here, with a ``DeprecationWarning``.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,7 +96,7 @@ def _pairwise_diversity(vectors: list[np.ndarray]) -> float:
     return float(1.0 - (sim.sum() - n) / (n * (n - 1)))
 
 
-def evaluate_policy(
+def evaluate_recommender(
     policy: Any,
     env: Any,
     seed: int,
@@ -190,3 +195,18 @@ def evaluate_policy(
         intra_list_diversity=slate_diversity_sum / np.maximum(length, 1) if slate_env else None,
         recommended_duration=duration_sum / np.maximum(length, 1),
     )
+
+
+def evaluate_policy(*args: Any, **kwargs: Any) -> EvalResult:
+    """Deprecated name of `evaluate_recommender` (same arguments and result).
+
+    Renamed because SB3 has a function of this name with another signature
+    (``stable_baselines3.common.evaluation.evaluate_policy``).
+    """
+    warnings.warn(
+        "agents.evaluation.evaluate_policy is renamed evaluate_recommender (the old name "
+        "shadows SB3's evaluate_policy, which has another signature); it will be removed",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return evaluate_recommender(*args, **kwargs)

@@ -234,38 +234,42 @@ class ScorerActorCriticPolicy(ActorCriticPolicy):
         actions = distribution.get_actions(deterministic=deterministic)
         return actions, values, distribution.log_prob(actions)
 
-    def set_prior(self, prior: Scorer, kl_coef: float, ent_coef: float) -> None:
-        """Penalise the actor's KL divergence from a frozen ``prior`` scorer (the ranker).
+    def set_prior(self, prior: Scorer) -> None:
+        """Hold a frozen copy of ``prior`` (the ranker's scorer) for `evaluate_actions_with_kl`.
 
-        PPO's loss then gains ``kl_coef * KL(pi || softmax(prior scores))``, averaged
-        over the minibatch (for slates, the KL of the first position's distribution).
-        SB3's PPO has no loss hook, so the term enters through the entropy slot:
-        `evaluate_actions` returns ``entropy - (kl_coef / ent_coef) * KL`` and PPO's
-        ``ent_coef * (-mean(entropy))`` becomes ``-ent_coef * H + kl_coef * KL``
-        exactly. Consequently SB3's ``train/entropy_loss`` includes the KL term; the
-        KL alone is in ``self.last_kl`` (logged as ``train/kl_to_prior``). Needs
-        ``ent_coef > 0``. The prior is a frozen copy, outside the optimizer.
+        `agents.ppo.PriorRegularizedPPO` adds ``kl_coef * KL(pi || softmax(prior scores))``
+        to PPO's loss as its own term. The copy is outside the optimizer (its weights
+        are saved with the policy's ``state_dict``).
         """
-        if kl_coef < 0 or ent_coef <= 0:
-            raise ValueError(
-                f"a KL penalty needs kl_coef >= 0 and ent_coef > 0 (it enters through PPO's "
-                f"entropy term); got kl_coef={kl_coef}, ent_coef={ent_coef}"
-            )
         self.prior = copy.deepcopy(prior).eval().requires_grad_(False).to(self.device)
-        self._kl_weight = kl_coef / ent_coef
 
     def evaluate_actions(self, obs, actions: torch.Tensor):
         logits, values = self._logits_and_values(obs)
         distribution = self.action_dist.proba_distribution(action_logits=logits)
+        return values, distribution.log_prob(actions), distribution.entropy()
+
+    def evaluate_actions_with_kl(self, obs, actions: torch.Tensor):
+        """`evaluate_actions` plus the KL to the prior, from one forward pass of the scorer.
+
+        Returns:
+            ``(values (B, 1), log_prob (B,), entropy (B,), kl (B,))``: ``kl`` is
+            ``KL(softmax(logits) || softmax(prior scores))`` in nats over the K candidates
+            (for slates, the first position's distribution), differentiable in the
+            policy's parameters.
+
+        Raises:
+            ValueError: no prior was set (`set_prior`).
+        """
+        if getattr(self, "prior", None) is None:
+            raise ValueError(f"{type(self).__name__}.evaluate_actions_with_kl needs set_prior(scorer) first")
+        logits, values = self._logits_and_values(obs)
+        distribution = self.action_dist.proba_distribution(action_logits=logits)
         log_prob, entropy = distribution.log_prob(actions), distribution.entropy()
-        if getattr(self, "prior", None) is not None:
-            with torch.no_grad():
-                prior_log_p = torch.log_softmax(self.prior(as_scorer_input(obs, self.ids_mode)), -1)
-            log_p = torch.log_softmax(logits, -1)
-            kl = (log_p.exp() * (log_p - prior_log_p)).sum(-1)
-            self.last_kl = float(kl.mean())
-            entropy = entropy - self._kl_weight * kl
-        return values, log_prob, entropy
+        with torch.no_grad():
+            prior_log_p = torch.log_softmax(self.prior(as_scorer_input(obs, self.ids_mode)), -1)
+        log_p = torch.log_softmax(logits, -1)
+        kl = (log_p.exp() * (log_p - prior_log_p)).sum(-1)
+        return values, log_prob, entropy, kl
 
     def get_distribution(self, obs):
         logits = self.scorer(as_scorer_input(obs, self.ids_mode))

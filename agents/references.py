@@ -25,7 +25,7 @@ session end does not depend on the recommendation, so the two references choose 
 same item and the headroom is exactly zero.
 
 Both follow the baselines' interface (`agents.baselines.Recommender`) plus one hook,
-``attach(env)``, which `agents.evaluation.evaluate_policy` calls with the vector env
+``attach(env)``, which `agents.evaluation.evaluate_recommender` calls with the vector env
 before the first step so the reference can read its simulator.
 """
 

@@ -21,14 +21,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from stable_baselines3 import DQN, PPO
+from stable_baselines3 import DQN
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.logger import configure
 
 from agents.policies import ScorerActorCriticPolicy, ScorerDQNPolicy
+from agents.ppo import PriorRegularizedPPO
 from agents.sb3_vec_env import SB3VecEnv
 from recsim_mm.device import resolve_device
+from recsim_mm.files import atomic_torch_save, load_checkpoint
 from recsim_mm.item_space import ItemSpace
 from recsim_mm.scorer import ScorerConfig
 
@@ -52,8 +54,8 @@ class AgentConfig:
         scorer: `ScorerConfig` overrides (e.g. ``{"hidden_dim": 32}``); ignored for
             the architecture when warm-starting (the ranker's architecture is used).
         n_steps, batch_size, n_epochs, gae_lambda, ent_coef, clip_range: PPO.
-        kl_coef: weight of ``KL(pi || ranker)`` in PPO's loss (needs a ranker and
-            ``ent_coef > 0``; see `ScorerActorCriticPolicy.set_prior`); 0 = off.
+        kl_coef: weight of ``KL(pi || ranker)`` in PPO's loss, its own term
+            (`agents.ppo.PriorRegularizedPPO`; needs a ranker, any ``ent_coef``); 0 = off.
         bc_epochs, bc_lr: behaviour cloning of the logged clicked recommendations
             before RL (`behaviour_clone`; PPO only, 0 epochs = off).
         buffer_size, learning_starts, train_freq, gradient_steps,
@@ -184,9 +186,10 @@ def build_agent(
         policy_kwargs=policy_kwargs,
     )
     if config.algo == "ppo":
-        model: BaseAlgorithm = PPO(
+        model: BaseAlgorithm = PriorRegularizedPPO(
             ScorerActorCriticPolicy,
             venv,
+            kl_coef=config.kl_coef,
             n_steps=config.n_steps,
             batch_size=config.batch_size,
             n_epochs=config.n_epochs,
@@ -215,7 +218,7 @@ def build_agent(
     if config.kl_coef:
         if ranker is None:
             raise ValueError(f"AgentConfig.kl_coef={config.kl_coef} needs ranker= (the KL penalty's prior)")
-        model.policy.set_prior(ranker.scorer, config.kl_coef, config.ent_coef)
+        model.policy.set_prior(ranker.scorer)
     if tensorboard_dir is not None:
         model.set_logger(configure(str(tensorboard_dir), ["tensorboard", "csv"]))
     return model
@@ -276,8 +279,6 @@ class RecMetricsCallback(BaseCallback):
             self.logger.record("rec/session_length", float(np.mean(self._ended)))
         if self._diversity:
             self.logger.record("rec/click_diversity", float(np.mean(self._diversity)))
-        if getattr(self.model.policy, "last_kl", None) is not None:
-            self.logger.record("train/kl_to_prior", self.model.policy.last_kl)
         self._reset_window()
 
 
@@ -337,7 +338,7 @@ def behaviour_clone(scorer, log, epochs: int, lr: float = 1e-3, batch_size: int 
 def save_agent_checkpoint(
     path: Path, model: BaseAlgorithm, config: AgentConfig, item_space: ItemSpace
 ) -> None:
-    """Write policy + optimizer state and the step counter, atomically (tmp + rename)."""
+    """Write policy + optimizer state and the step counter, atomically (`recsim_mm.files.atomic_torch_save`)."""
     payload = {
         "format": CHECKPOINT_FORMAT,
         "algo": config.algo,
@@ -349,25 +350,18 @@ def save_agent_checkpoint(
         "policy": {k: v.detach().cpu() for k, v in model.policy.state_dict().items()},
         "optimizer": model.policy.optimizer.state_dict(),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    atomic_torch_save(payload, path)
 
 
 def load_agent_checkpoint(path: Path, config: AgentConfig, item_space: ItemSpace) -> dict:
-    """Read a checkpoint (``weights_only=True``) and check it belongs to this run.
+    """Read a checkpoint (`recsim_mm.files.load_checkpoint`: ``weights_only=True``, format
+    checked) and check it belongs to this run.
 
     Raises:
-        ValueError: not an agent checkpoint, another configuration (names the differing
+        ValueError: unreadable or not an agent checkpoint, another configuration (names the differing
             keys), or another item space.
     """
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a bad file
-        raise ValueError(f"{path}: not a readable agent checkpoint ({exc})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not an agent checkpoint (missing format {CHECKPOINT_FORMAT!r})")
+    payload = load_checkpoint(path, CHECKPOINT_FORMAT, "recsim_mm agent checkpoint")
     if payload["config_fingerprint"] != config.fingerprint():
         mine = json.loads(json.dumps(dataclasses.asdict(config), default=str))
         differing = sorted(

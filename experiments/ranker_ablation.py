@@ -25,7 +25,7 @@ import torch
 
 import envs  # noqa: F401  (registers the recsim_mm/ ids)
 from agents.baselines import OracleRecommender, PopularRecommender, RandomRecommender
-from agents.evaluation import evaluate_policy
+from agents.evaluation import evaluate_recommender
 from envs.rec_env import RecEnvOptions, build_simulator
 from recsim_mm.logging_policies import EpsilonMixture, ProductionPolicy, UniformPolicy, collect
 from recsim_mm.metrics import auc
@@ -154,7 +154,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     returns = {}
     for name, strategy in strategies.items():
-        res = evaluate_policy(strategy, env, seed=eval_seed, item_table=space.fused)
+        res = evaluate_recommender(strategy, env, seed=eval_seed, item_table=space.fused)
         r = res.episode_return
         half = 1.96 * r.std(ddof=1) / np.sqrt(len(r))
         summary = res.summary()

@@ -59,7 +59,7 @@ from tqdm import tqdm  # noqa: E402
 import envs  # noqa: E402,F401  (registers the recsim_mm/ ids)
 from agents.baselines import MMRRecommender, PopularRecommender, make_baseline  # noqa: E402
 from agents.callbacks import LearningCurveCallback, ProgressCallback  # noqa: E402
-from agents.evaluation import evaluate_policy  # noqa: E402
+from agents.evaluation import evaluate_recommender  # noqa: E402
 from agents.references import MyopicOracle, PlanningReference, tune_planning_horizon  # noqa: E402
 from agents.tracing import trace_hidden_state  # noqa: E402
 from agents.train import (  # noqa: E402
@@ -524,11 +524,11 @@ def evaluate_unit(policy: PolicySpec, env: EnvSetup, item_space: ItemSpace, num_
         ``{"summary": metrics of `agents.evaluation.EvalResult.summary`, "curve_level"}``.
     """
     model = build_policy(policy, env, item_space)
-    summary = evaluate_policy(model, env.vector_env(num_users, item_space), seed=seed,
+    summary = evaluate_recommender(model, env.vector_env(num_users, item_space), seed=seed,
                               item_table=item_space.fused, popularity=popularity).summary()
     curve_level = None
     if curve is not None:
-        curve_level = evaluate_policy(model, env.vector_env(curve[0], item_space), seed=curve[1],
+        curve_level = evaluate_recommender(model, env.vector_env(curve[0], item_space), seed=curve[1],
                                       item_table=item_space.fused).summary()["episode_return"]
     return {"summary": summary, "curve_level": curve_level}
 
@@ -596,7 +596,7 @@ def tune_unit(kind: str, env: EnvSetup, item_space: ItemSpace, num_users: int, s
     venv = env.vector_env(num_users, item_space)
 
     def mean_return(policy) -> float:
-        return evaluate_policy(policy, venv, seed=seed, item_table=item_space.fused).summary()["episode_return"]
+        return evaluate_recommender(policy, venv, seed=seed, item_table=item_space.fused).summary()["episode_return"]
 
     reward = env.options["reward"]
     if kind == "planning":

@@ -18,7 +18,6 @@ import torch
 from recsim_mm.logs import InteractionLog
 from recsim_mm.sampling import gumbel_top_k, plackett_luce_log_prob
 
-
 # -- logging policies ------------------------------------------------------------------------
 
 

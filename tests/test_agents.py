@@ -12,7 +12,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 import envs
 from agents.baselines import BASELINES, make_baseline
-from agents.evaluation import evaluate_policy
+from agents.evaluation import evaluate_recommender
 from agents.train import AgentConfig, build_agent, load_agent_checkpoint, make_env, train_agent
 from envs.vector_env import RecVectorEnv
 from recsim_mm.pipeline import default_item_space
@@ -30,7 +30,7 @@ def space():
 
 def held_out_return(policy, space, seed=777, users=128) -> float:
     env = RecVectorEnv(users, item_space=space, obs_mode="ids", device="cpu")
-    return evaluate_policy(policy, env, seed=seed, item_table=space.fused).summary()["episode_return"]
+    return evaluate_recommender(policy, env, seed=seed, item_table=space.fused).summary()["episode_return"]
 
 
 def make_ranker(space, seed=0) -> Ranker:
@@ -200,7 +200,7 @@ def test_every_baseline_runs_on_every_registered_id(space, env_id):
                               ranker=ranker, slate_size=size) for name in BASELINES]
     policies += [MyopicOracle(slate_size=size), PlanningReference(3.0, slate_size=size)]
     for name, policy in zip([*BASELINES, "myopic_oracle", "planning"], policies, strict=True):
-        result = evaluate_policy(policy, env, seed=1, item_table=space.fused)
+        result = evaluate_recommender(policy, env, seed=1, item_table=space.fused)
         assert np.isfinite(result.summary()["episode_return"]), (name, env_id)
         assert (result.session_length >= 1).all()
 
@@ -273,8 +273,8 @@ def test_ppo_slate_policy_improves_over_random_slates(space, tmp_path):
     assert all(len(set(row)) == envs.SLATE_SIZE for row in actions.tolist())
     random_slates = make_baseline("random", space.fused, slate_size=envs.SLATE_SIZE)
     # same held-out users (same reset seed) for both: a paired comparison
-    agent = evaluate_policy(outcome.model, env, seed=777, item_table=space.fused).episode_return
-    random = evaluate_policy(random_slates, env, seed=777, item_table=space.fused).episode_return
+    agent = evaluate_recommender(outcome.model, env, seed=777, item_table=space.fused).episode_return
+    random = evaluate_recommender(random_slates, env, seed=777, item_table=space.fused).episode_return
     gain = agent - random
     standard_error = gain.std(ddof=1) / np.sqrt(len(gain))
     assert gain.mean() > 3 * standard_error, (gain.mean(), standard_error)
@@ -346,3 +346,84 @@ def test_mmr_with_zero_diversity_is_its_greedy_policy_and_penalises_recent_simil
     rel = greedy.expected_reward(obs).numpy()
     expected = rel - rel.max(1, keepdims=True) * redundancy
     assert np.allclose(mmr.scores(obs), expected, atol=1e-5)
+
+
+def test_evaluate_policy_is_a_deprecated_alias_of_evaluate_recommender(space):
+    from agents.evaluation import evaluate_policy
+
+    env = RecVectorEnv(8, item_space=space, obs_mode="ids", device="cpu", max_steps=5)
+    new = evaluate_recommender(make_baseline("random", space.fused), env, seed=3, item_table=space.fused)
+    with pytest.warns(DeprecationWarning, match="renamed evaluate_recommender"):
+        old = evaluate_policy(make_baseline("random", space.fused), env, seed=3, item_table=space.fused)
+    np.testing.assert_array_equal(old.episode_return, new.episode_return)
+    np.testing.assert_array_equal(old.clicks, new.clicks)
+
+
+def _kl_to(prior_scorer, scorer, obs) -> float:
+    with torch.no_grad():
+        prior = torch.log_softmax(prior_scorer(obs), -1)
+        log_p = torch.log_softmax(scorer(obs), -1)
+    return float((log_p.exp() * (log_p - prior)).sum(-1).mean())
+
+
+def test_kl_penalty_without_entropy_bonus_keeps_ppo_closer_to_the_ranker(space, tmp_path):
+    # ent_coef=0: the KL is its own loss term (agents.ppo.PriorRegularizedPPO), not the entropy slot
+    ranker = make_ranker(space, seed=3)
+    venv_obs = make_env(AgentConfig(num_envs=128, device="cpu"), ENV_ID, {"obs_mode": "ids", "item_space": space})
+    venv_obs.seed(99)
+    obs = {k: torch.as_tensor(v) for k, v in venv_obs.reset().items()}
+    logged = {}
+
+    def kl_after_training(kl_coef: float) -> float:
+        config = AgentConfig(algo="ppo", total_steps=1_024, num_envs=32, n_steps=16, batch_size=128,
+                             device="cpu", scorer=SMALL_SCORER, ent_coef=0.0, kl_coef=kl_coef,
+                             learning_rate=3e-3)
+        model = train_agent(config, ENV_ID, {"obs_mode": "ids"}, space, tmp_path / str(kl_coef),
+                            ranker=ranker).model
+        logged[kl_coef] = dict(model.logger.name_to_value)  # the last update's records
+        return _kl_to(ranker.scorer, model.policy.scorer, obs)
+
+    free, penalised = kl_after_training(0.0), kl_after_training(5.0)
+    assert penalised < 0.5 * free, (penalised, free)
+    assert "train/kl_to_prior" not in logged[0.0]
+    assert logged[5.0]["train/kl_to_prior"] > 0
+    # the entropy term is logged alone: -mean(entropy) <= 0, whatever the KL
+    assert logged[5.0]["train/entropy_loss"] < 0 and logged[0.0]["train/entropy_loss"] < 0
+
+
+def test_prior_regularized_ppo_with_kl_coef_0_trains_exactly_like_sb3_ppo(space):
+    from stable_baselines3 import PPO
+
+    from agents.policies import ScorerActorCriticPolicy
+    from agents.ppo import PriorRegularizedPPO
+
+    def trained(cls, **extra):
+        config = AgentConfig(num_envs=16, device="cpu")
+        venv = make_env(config, ENV_ID, {"obs_mode": "ids", "item_space": space})
+        kwargs = dict(scorer_config=ScorerConfig(d_text=space.d_text, d_image=space.d_image, hidden_dim=16).to_dict(),
+                      item_table=space.fused)
+        model = cls(ScorerActorCriticPolicy, venv, n_steps=16, batch_size=64, n_epochs=2, seed=5, device="cpu",
+                    policy_kwargs=kwargs, **extra)
+        model.learn(512)
+        return model.policy.state_dict()
+
+    ours, sb3 = trained(PriorRegularizedPPO, kl_coef=0.0), trained(PPO)
+    assert ours.keys() == sb3.keys()
+    assert all(torch.equal(ours[k], sb3[k]) for k in ours)
+
+
+def test_prior_regularized_ppo_refuses_a_bad_kl_coef_or_a_missing_prior(space):
+    from agents.ppo import PriorRegularizedPPO
+
+    config = AgentConfig(num_envs=4, device="cpu")
+    venv = make_env(config, ENV_ID, {"obs_mode": "ids", "item_space": space})
+    from agents.policies import ScorerActorCriticPolicy
+
+    kwargs = dict(scorer_config=ScorerConfig(d_text=space.d_text, d_image=space.d_image, hidden_dim=8).to_dict(),
+                  item_table=space.fused)
+    with pytest.raises(ValueError, match="kl_coef=-1"):
+        PriorRegularizedPPO(ScorerActorCriticPolicy, venv, kl_coef=-1, policy_kwargs=kwargs, device="cpu")
+    model = PriorRegularizedPPO(ScorerActorCriticPolicy, venv, kl_coef=0.5, n_steps=8, batch_size=32,
+                                policy_kwargs=kwargs, device="cpu")
+    with pytest.raises(ValueError, match="needs a prior"):
+        model.learn(32)

@@ -207,7 +207,8 @@ def test_null_values_are_named(tmp_path):
 def test_logging_policy_names_stay_importable_from_recsim_mm_logs():
     import recsim_mm.logging_policies as moved
     import recsim_mm.logs as logs
-    from recsim_mm.logs import EpsilonMixture as Eps, collect as collect_from_logs  # noqa: N813
+    from recsim_mm.logs import EpsilonMixture as Eps
+    from recsim_mm.logs import collect as collect_from_logs
 
     assert Eps is moved.EpsilonMixture and collect_from_logs is moved.collect
     for name in ("LoggingPolicy", "UniformPolicy", "PopularityPolicy", "ProductionPolicy"):

@@ -12,7 +12,7 @@ import torch
 
 import envs  # noqa: F401  (registers the recsim_mm/ ids)
 from agents.baselines import PopularRecommender, RandomRecommender
-from agents.evaluation import evaluate_policy
+from agents.evaluation import evaluate_recommender
 from envs.rec_env import RecEnvOptions, build_simulator
 from recsim_mm import ItemSpace
 from recsim_mm.logging_policies import ProductionPolicy, collect
@@ -165,7 +165,7 @@ def test_greedy_ranker_beats_popularity_and_random_on_held_out_users(trained, lo
         "random": RandomRecommender(seed=0),
     }
     # Seed 123: users never seen in training (the logs used seeds 0 and 1).
-    returns = {name: evaluate_policy(p, env, seed=123, item_table=space.fused).episode_return
+    returns = {name: evaluate_recommender(p, env, seed=123, item_table=space.fused).episode_return
                for name, p in policies.items()}
     means = {name: float(r.mean()) for name, r in returns.items()}
     stderr = float(returns["ranker"].std() / np.sqrt(len(returns["ranker"])))

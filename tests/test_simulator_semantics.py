@@ -25,7 +25,7 @@ import torch
 
 import envs  # noqa: F401
 from agents.baselines import make_baseline
-from agents.evaluation import evaluate_policy
+from agents.evaluation import evaluate_recommender
 from agents.references import MyopicOracle, PlanningReference, tune_planning_horizon
 from recsim_mm import ItemSpace
 from recsim_mm.simulator import Simulator
@@ -45,7 +45,7 @@ def vector_env(variant: str, users: int = USERS):
 def returns(variant: str, policy, seed: int = HELD_OUT_SEED, users: int = USERS) -> np.ndarray:
     """``(users,)`` return of each user's first episode under ``policy``."""
     env = vector_env(variant, users)
-    return evaluate_policy(policy, env, seed=seed, item_table=env.simulator.item_space.fused).episode_return
+    return evaluate_recommender(policy, env, seed=seed, item_table=env.simulator.item_space.fused).episode_return
 
 
 def mean_and_se(x: np.ndarray) -> tuple[float, float]:
