@@ -87,7 +87,8 @@ class PlackettLuceDistribution(Distribution):
     softmax over the remaining ones, and so on (the Plackett-Luce model), so a sampled
     slate never repeats a candidate, as the slate environments require. Sampling uses
     the Gumbel top-S trick, which draws from exactly this model; the mode is the top-S
-    candidates by logit.
+    candidates by logit. Sampling and scoring are `recsim_mm.sampling`'s (`gumbel_top_k`,
+    `plackett_luce_log_prob_and_entropy`), shared with the logging policies.
 
     ``log_prob(actions)`` is the exact log-probability of the ordered slate. The exact
     entropy sums over all K!/(K-S)! slates, so ``entropy()`` returns the chain-rule
@@ -115,17 +116,14 @@ class PlackettLuceDistribution(Distribution):
         self._entropy = None
         return self
 
-    def _chain(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-probability ``(B,)`` and chain-rule entropy ``(B,)`` along ``actions``."""
-        return plackett_luce_log_prob_and_entropy(self.logits, actions)
-
     def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
-        log_prob, self._entropy = self._chain(actions.long().reshape(-1, self.slate_size))
+        slates = actions.long().reshape(-1, self.slate_size)
+        log_prob, self._entropy = plackett_luce_log_prob_and_entropy(self.logits, slates)
         return log_prob
 
     def entropy(self) -> torch.Tensor:
         if self._entropy is None:
-            self._entropy = self._chain(self.mode())[1]
+            self._entropy = plackett_luce_log_prob_and_entropy(self.logits, self.mode())[1]
         return self._entropy
 
     def sample(self) -> torch.Tensor:
