@@ -37,10 +37,10 @@ _MEMO: dict[tuple[str, str], ItemSpace] = {}
 
 @lru_cache(maxsize=1)
 def _code_version() -> str:
-    # The result depends on the generator, fusion and this module's code: their source
-    # hash is part of every cache key, so an edit never serves a stale item space.
+    # The result depends on the generator, fusion (with its PCA) and this module's code:
+    # their source hash is part of every cache key, so an edit never serves a stale item space.
     here = Path(__file__).resolve().parent
-    return source_hash([here / name for name in ("synthetic.py", "fusion.py", "pipeline.py")])
+    return source_hash([here / name for name in ("synthetic.py", "fusion.py", "pca.py", "pipeline.py")])
 
 
 class _CatalogImages(Sequence):
