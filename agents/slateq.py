@@ -59,6 +59,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from agents.policies import ScorerDQNPolicy, ScorerQNetwork, as_scorer_input, build_scorer
+from recsim_mm.choice import MultinomialLogit
 from recsim_mm.scorer import Scorer
 
 #: Above this many unordered slates, `best_slates` switches from exact enumeration to greedy.
@@ -66,16 +67,36 @@ MAX_EXACT_SLATES = 5_000
 
 
 def slate_size_of(action_space: spaces.Space) -> int:
-    """S for a slate ``MultiDiscrete([K] * S)``, 1 for ``Discrete(K)``.
+    """S for a slate ``MultiDiscrete([K] * S)``.
 
     Raises:
-        ValueError: any other action space (named).
+        ValueError: any other action space, a one-item ``Discrete(K)`` included (SlateQ
+            is for slates; DQN is the one-item learner).
     """
-    if isinstance(action_space, spaces.Discrete):
-        return 1
     if isinstance(action_space, spaces.MultiDiscrete) and action_space.nvec.ndim == 1:
         return len(action_space.nvec)
-    raise ValueError(f"SlateQ acts on Discrete(K) or slate MultiDiscrete([K] * S) actions; got {action_space}")
+    raise ValueError(f"SlateQ needs a slate environment (a MultiDiscrete([K] * S) action space, the "
+                     f"...Slate-v0 ids); got {action_space}. For one item per step use DQN.")
+
+
+def check_choice_model(simulator: Any) -> None:
+    """Refuse an environment whose users do not choose by a multinomial logit with no-click.
+
+    SlateQ's click model has the MNL's form (`slate_values`); its logits are learned, its
+    form is not. ``simulator`` is the environment's `recsim_mm.simulator.Simulator`
+    (``env.unwrapped.simulator``, ``SB3VecEnv.venv.simulator``).
+
+    Raises:
+        ValueError: the user model exposes no choice model, or another one (named).
+    """
+    choice = getattr(simulator.user_model, "choice", None)
+    if choice is None:
+        raise ValueError(f"SlateQ needs to know how users choose from a slate; user model "
+                         f"{type(simulator.user_model).__name__} exposes no `choice` model")
+    if not isinstance(choice, MultinomialLogit):
+        raise ValueError(f"SlateQ's click model is a multinomial logit with a no-click option; this "
+                         f"environment's users choose by {type(choice).__name__} (user_params "
+                         f"choice_model='mnl' gives the MNL)")
 
 
 def slate_values(click_logits: torch.Tensor, item_values: torch.Tensor, null_value: torch.Tensor,
@@ -197,7 +218,7 @@ class SlateQPolicy(ScorerDQNPolicy):
     Args (policy_kwargs): ``scorer_config`` and ``item_table`` as `ScorerDQNPolicy`;
     ``max_exact_slates``: the exact/greedy switch of `best_slates`.
 
-    Actions: ``(B, S)`` int64 distinct positions (``(B,)`` for ``Discrete(K)``).
+    Actions: ``(B, S)`` int64 distinct positions.
     """
 
     def __init__(self, observation_space: spaces.Dict, action_space: spaces.Space, lr_schedule,
@@ -210,10 +231,8 @@ class SlateQPolicy(ScorerDQNPolicy):
         net_args = self._update_features_extractor(self.net_args, features_extractor=None)
         net_args.pop("net_arch", None)
         net_args.pop("activation_fn", None)
-        # the network values single candidates: its action space is Discrete(K), whatever S
-        net_args["action_space"] = spaces.Discrete(int(np.asarray(self.action_space.nvec).flat[0])
-                                                   if isinstance(self.action_space, spaces.MultiDiscrete)
-                                                   else int(self.action_space.n))
+        # the network values single candidates: its action space is Discrete(K)
+        net_args["action_space"] = spaces.Discrete(int(self.action_space.nvec[0]))
         return SlateQNetwork(scorer_config=self._scorer_config, item_table=self._item_table,
                              **net_args).to(self.device)
 
@@ -239,7 +258,7 @@ class SlateQPolicy(ScorerDQNPolicy):
         item_values, null_value = self.q_net.values(obs)
         slates, _ = best_slates(self.click_logits(obs), item_values, null_value, self.slate_size,
                                 self.max_exact_slates)
-        return slates if isinstance(self.action_space, spaces.MultiDiscrete) else slates[:, 0]
+        return slates
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
@@ -248,7 +267,7 @@ class SlateQPolicy(ScorerDQNPolicy):
 
 
 class SlateQ(DQN):
-    """SB3 DQN with SlateQ's decomposed targets, for ``Discrete(K)`` and slate actions.
+    """SB3 DQN with SlateQ's decomposed targets, for slate actions ``MultiDiscrete([K] * S)``.
 
     Takes DQN's arguments (``policy`` should be `SlateQPolicy`). The loss per gradient
     step, logged separately: ``train/td_loss`` (Huber, item or no-click value of the
@@ -258,14 +277,16 @@ class SlateQ(DQN):
     policy_aliases = {"SlateQPolicy": SlateQPolicy}
 
     def __init__(self, policy: str | type[SlateQPolicy], env, **kwargs: Any):
-        # DQN.__init__ hard-codes Discrete actions; run its body on the wider set of spaces.
+        # DQN.__init__ hard-codes Discrete actions; run its body for slate actions instead.
+        if hasattr(env, "action_space"):
+            slate_size_of(env.action_space)  # a clear error before SB3's assertion
         init_setup = kwargs.pop("_init_setup_model", True)
         dqn_only = {name: kwargs.pop(name, default) for name, default in (
             ("target_update_interval", 10_000), ("exploration_fraction", 0.1),
             ("exploration_initial_eps", 1.0), ("exploration_final_eps", 0.05), ("max_grad_norm", 10.0))}
         OffPolicyAlgorithm.__init__(
             self, policy, env, action_noise=None, sde_support=False, support_multi_env=True,
-            supported_action_spaces=(spaces.Discrete, spaces.MultiDiscrete), **kwargs,
+            supported_action_spaces=(spaces.MultiDiscrete,), **kwargs,
         )
         for name, value in dqn_only.items():
             setattr(self, name, value)

@@ -12,7 +12,15 @@ import envs
 from agents.baselines import make_baseline
 from agents.evaluation import evaluate_policy
 from agents.sb3_vec_env import SB3VecEnv
-from agents.slateq import SlateQ, SlateQPolicy, all_slates, best_slates, clicked_slot, slate_values
+from agents.slateq import (
+    SlateQ,
+    SlateQPolicy,
+    all_slates,
+    best_slates,
+    check_choice_model,
+    clicked_slot,
+    slate_values,
+)
 from envs.vector_env import RecVectorEnv
 from recsim_mm.choice import MultinomialLogit
 from recsim_mm.pipeline import default_item_space
@@ -142,3 +150,14 @@ def test_slateq_beats_random_slates_on_held_out_users(space):
     gain = agent - random  # same held-out users: paired
     standard_error = gain.std(ddof=1) / np.sqrt(len(gain))
     assert gain.mean() > 5 * standard_error, (gain.mean(), standard_error)
+
+
+def test_slateq_refuses_one_item_environments_and_non_mnl_users(space):
+    with pytest.raises(ValueError, match="needs a slate environment"):
+        slateq(space, SB3VecEnv("recsim_mm/InterestEvolution-v0", 4, obs_mode="ids", item_space=space,
+                                device="cpu"))
+    cascade = SB3VecEnv(SLATE_ENV, 4, obs_mode="ids", item_space=space, device="cpu",
+                        user_params={"choice_model": "cascade"})
+    with pytest.raises(ValueError, match="choose by Cascade"):
+        check_choice_model(cascade.venv.simulator)
+    check_choice_model(SB3VecEnv(SLATE_ENV, 4, obs_mode="ids", item_space=space, device="cpu").venv.simulator)
