@@ -89,10 +89,10 @@ def check_choice_model(simulator: Any) -> None:
     Raises:
         ValueError: the user model exposes no choice model, or another one (named).
     """
-    choice = getattr(simulator.user_model, "choice", None)
+    choice = getattr(simulator.users, "choice", None)
     if choice is None:
         raise ValueError(f"SlateQ needs to know how users choose from a slate; user model "
-                         f"{type(simulator.user_model).__name__} exposes no `choice` model")
+                         f"{type(simulator.users).__name__} exposes no `choice` model")
     if not isinstance(choice, MultinomialLogit):
         raise ValueError(f"SlateQ's click model is a multinomial logit with a no-click option; this "
                          f"environment's users choose by {type(choice).__name__} (user_params "
