@@ -21,10 +21,12 @@ from agents.slateq import (
     clicked_slot,
     slate_values,
 )
+from agents.train import AgentConfig, build_agent, make_env
 from envs.vector_env import RecVectorEnv
 from recsim_mm.choice import MultinomialLogit
 from recsim_mm.pipeline import default_item_space
-from recsim_mm.scorer import ScorerConfig
+from recsim_mm.ranker import Ranker
+from recsim_mm.scorer import Scorer, ScorerConfig
 
 SLATE_ENV = "recsim_mm/InterestEvolutionSlate-v0"
 
@@ -161,3 +163,25 @@ def test_slateq_refuses_one_item_environments_and_non_mnl_users(space):
     with pytest.raises(ValueError, match="choose by Cascade"):
         check_choice_model(cascade.venv.simulator)
     check_choice_model(SB3VecEnv(SLATE_ENV, 4, obs_mode="ids", item_space=space, device="cpu").venv.simulator)
+
+
+@pytest.mark.parametrize("obs_mode", ["ids", "embeddings"])
+def test_warm_start_first_item_values_and_click_model_equal_the_rankers_scores(space, obs_mode):
+    torch.manual_seed(3)
+    ranker = Ranker(Scorer(ScorerConfig(d_text=space.d_text, d_image=space.d_image, hidden_dim=32),
+                           item_table=space.fused), space)
+    config = AgentConfig(algo="slateq", num_envs=8, device="cpu", learning_starts=10)
+    venv = make_env(config, SLATE_ENV, {"obs_mode": obs_mode, "item_space": space})
+    model = build_agent(config, venv, space, ranker=ranker)
+    venv.seed(0)
+    obs = {key: torch.as_tensor(value) for key, value in venv.reset().items()}
+    scorer_obs = {key: value.long() if obs_mode == "ids" and key in ("history_items", "candidate_items")
+                  else value for key, value in obs.items()}
+    with torch.no_grad():
+        expected = ranker.scorer(scorer_obs)
+        item_values, _ = model.q_net.values(obs)
+        target_values, _ = model.q_net_target.values(obs)
+        click_logits = model.policy.click_logits(obs)
+    torch.testing.assert_close(item_values, expected)
+    torch.testing.assert_close(target_values, expected)
+    torch.testing.assert_close(click_logits, expected)
