@@ -113,6 +113,8 @@ def explain(scorer: Scorer, obs: dict, steps: int = 32, baseline: torch.Tensor |
         raise ValueError(f"explain: steps must be >= 1; got {steps}")
     if head not in ("click", "engagement"):
         raise ValueError(f"explain: head must be 'click' or 'engagement'; got {head!r}")
+    if scorer.config.modality == "id":
+        raise ValueError("explain: an id-only scorer (modality='id') reads no text or image to attribute to")
     d, d_text = scorer.config.dim, scorer.config.d_text
     device = next(scorer.parameters()).device
     if baseline is None:
