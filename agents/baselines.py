@@ -16,7 +16,8 @@ observation; the evaluator (`agents.evaluation.evaluate_recommender`) calls them
 
 Baselines here: `RandomRecommender`, `PopularRecommender` (most clicked in the logs),
 `DurationRecommender` (the longest candidate: no model at all), `MMRRecommender` (a
-greedy ranker re-ranked by maximal marginal relevance), `LinUCBRecommender` (a
+greedy ranker re-ranked by maximal marginal relevance), `ExposureAwareRecommender` (the
+greedy ranker with an amortised exposure regulariser), `LinUCBRecommender` (a
 contextual bandit over the item vectors) and `OracleRecommender` (true affinity alone:
 privileged, a diagnostic; it ignores quality, satiation and duration, so it is NOT the
 upper bound of myopic play: that is `agents.references.MyopicOracle`).
@@ -253,6 +254,50 @@ class MMRRecommender(Recommender):
         if self.diversity == 0:
             return rel
         return rel - self.diversity * rel.max(axis=1, keepdims=True) * self.redundancy(observation)
+
+
+class ExposureAwareRecommender(Recommender):
+    """Expected-reward greedy with an amortised exposure regulariser (a fairness re-ranker).
+
+    Score of candidate ``i`` for a user: ``rel_i / max_j rel_j - fairness x E_i / max E``,
+    where ``rel`` is the relevance model's expected reward ``(B, K)`` and ``E`` the
+    number of times this recommender has shown each catalog item so far (every slate
+    position of every row it was asked about; ``E / max E`` in [0, 1], 0 before the first
+    step). Items it has over-exposed are pushed down for the next users, so exposure is
+    equalised over time, not within one list: the amortised view of exposure fairness
+    (Biega et al., 2018, "Equity of attention"). ``fairness=0`` is the greedy policy;
+    sweeping it traces the return-fairness trade-off (`recsim_mm.metrics.exposure_summary`).
+
+    Args:
+        relevance: anything with ``expected_reward(observation) -> (B, K)`` (non-negative).
+        item_table: ``(N, d)`` fused item vectors.
+        fairness: >= 0, the regulariser's weight.
+    """
+
+    name = "fair"
+
+    def __init__(self, relevance, item_table: torch.Tensor, fairness: float, slate_size=None, seed: int = 0):
+        super().__init__(slate_size, seed)
+        if not fairness >= 0:
+            raise ValueError(f"the exposure regulariser needs fairness >= 0; got {fairness}")
+        self.relevance = relevance
+        self.item_table = item_table
+        self.fairness = float(fairness)
+        self.exposure = np.zeros(len(item_table), dtype=np.int64)
+
+    def scores(self, observation):
+        rel = np.asarray(torch.as_tensor(self.relevance.expected_reward(observation)).cpu(), dtype=np.float64)
+        rel = rel / np.maximum(rel.max(axis=1, keepdims=True), 1e-12)
+        if self.fairness == 0:
+            return rel
+        shown = self.exposure[candidate_rows(observation, self.item_table)]
+        return rel - self.fairness * shown / max(int(self.exposure.max()), 1)
+
+    def predict(self, observation, state=None, episode_start=None, deterministic: bool = True):
+        actions, state = super().predict(observation, state, episode_start, deterministic)
+        rows = candidate_rows(observation, self.item_table)
+        np.add.at(self.exposure, np.take_along_axis(rows, actions.reshape(len(rows), -1), axis=1).ravel(), 1)
+        return actions, state
 
 
 class LinUCBRecommender(Recommender):

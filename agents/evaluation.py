@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from agents.baselines import candidate_rows
+from recsim_mm.metrics import exposure_summary
 
 
 @dataclass
@@ -41,6 +42,10 @@ class EvalResult:
             of ``1 - mean pairwise cosine`` of the slate's items; None for single items.
         recommended_duration: per user, the mean duration (minutes) of the recommended
             item (the first of a slate) over the session's steps.
+        item_exposure: ``(N,)`` times each catalog item was shown to the B users (every
+            slate position counts once).
+        exposure: `recsim_mm.metrics.exposure_summary` of ``item_exposure`` (with the
+            popularity and the item space's topics where known).
     """
 
     episode_return: np.ndarray
@@ -53,6 +58,8 @@ class EvalResult:
     trajectories: dict[str, np.ndarray] = field(default_factory=dict)
     intra_list_diversity: np.ndarray | None = None
     recommended_duration: np.ndarray | None = None
+    item_exposure: np.ndarray | None = None
+    exposure: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict[str, float]:
         """Scalar metrics averaged over users (NaNs ignored where a user has none);
@@ -60,7 +67,8 @@ class EvalResult:
 
         The return decomposes as ``session_length x ctr x minutes_per_click`` (per user),
         so a gain can be traced to more steps, more clicks or longer watching;
-        ``recommended_duration`` shows whether longer minutes come from longer items."""
+        ``recommended_duration`` shows whether longer minutes come from longer items.
+        The exposure metrics (``exposure_gini``, ...) follow."""
         steps = np.maximum(self.session_length, 1)
         extra = {}
         if self.intra_list_diversity is not None:
@@ -78,6 +86,7 @@ class EvalResult:
             "novelty": _nanmean(self.novelty),
             "coverage": float(self.coverage),
             **extra,
+            **self.exposure,
         }
 
 
@@ -136,6 +145,7 @@ def evaluate_recommender(
     length = np.zeros(num_users, dtype=np.int64)
     clicked_vectors: list[list[np.ndarray]] = [[] for _ in range(num_users)]
     recommended: list[np.ndarray] = []
+    exposure = np.zeros(len(item_table), dtype=np.int64)
     table = item_table.detach().cpu().numpy()
     share = None
     if popularity is not None:
@@ -154,6 +164,8 @@ def evaluate_recommender(
         first = actions if actions.ndim == 1 else actions[:, 0]
         shown = rows[np.arange(num_users), first]
         recommended.append(shown[alive])
+        slate_rows = np.take_along_axis(rows, actions.reshape(num_users, -1), axis=1)  # (B, S)
+        np.add.at(exposure, slate_rows[alive].ravel(), 1)
         duration_sum[alive] += durations[shown[alive]]
         if share is not None:
             novelty_sum[alive] += -np.log2(share[shown[alive]])
@@ -183,6 +195,7 @@ def evaluate_recommender(
     novelty = novelty_sum / np.maximum(length, 1) if share is not None else np.full(num_users, np.nan)
     coverage = len(np.unique(np.concatenate(recommended))) / len(table)
     slate_env = actions.ndim == 2 and actions.shape[1] > 1
+    topics = env.simulator.item_space.topics
     return EvalResult(
         episode_return=ret,
         clicks=clicks,
@@ -194,6 +207,8 @@ def evaluate_recommender(
         trajectories={k: np.stack(v) for k, v in traces.items()},
         intra_list_diversity=slate_diversity_sum / np.maximum(length, 1) if slate_env else None,
         recommended_duration=duration_sum / np.maximum(length, 1),
+        item_exposure=exposure,
+        exposure=exposure_summary(exposure, popularity, None if topics is None else topics.cpu().numpy()),
     )
 
 

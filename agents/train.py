@@ -29,12 +29,13 @@ from stable_baselines3.common.logger import configure
 from agents.policies import ScorerActorCriticPolicy, ScorerDQNPolicy
 from agents.ppo import PriorRegularizedPPO
 from agents.sb3_vec_env import SB3VecEnv
+from agents.slateq import SlateQ, SlateQPolicy, check_choice_model
 from recsim_mm.device import resolve_device
 from recsim_mm.files import atomic_torch_save, load_checkpoint
 from recsim_mm.item_space import ItemSpace
 from recsim_mm.scorer import ScorerConfig
 
-ALGOS = ("ppo", "dqn")
+ALGOS = ("ppo", "dqn", "slateq")
 CHECKPOINT_FORMAT = "recsim_mm.AgentCheckpoint/1"
 
 
@@ -43,7 +44,8 @@ class AgentConfig:
     """Everything that defines one RL training run (hashed to guard resumes).
 
     Attributes:
-        algo: ``"ppo"`` or ``"dqn"``.
+        algo: ``"ppo"``, ``"dqn"`` or ``"slateq"`` (`agents.slateq.SlateQ`: slate
+            environments; DQN's knobs below apply to it).
         total_steps: environment steps (summed over the ``num_envs`` users).
         num_envs: users simulated in parallel (one torch batch).
         learning_rate: Adam step size.
@@ -59,7 +61,8 @@ class AgentConfig:
         bc_epochs, bc_lr: behaviour cloning of the logged clicked recommendations
             before RL (`behaviour_clone`; PPO only, 0 epochs = off).
         buffer_size, learning_starts, train_freq, gradient_steps,
-        target_update_interval, exploration_fraction, exploration_final_eps: DQN.
+        target_update_interval, exploration_fraction, exploration_final_eps: DQN
+            and SlateQ.
     """
 
     algo: str = "ppo"
@@ -199,8 +202,11 @@ def build_agent(
             **common,
         )
     else:
-        model = DQN(
-            ScorerDQNPolicy,
+        if config.algo == "slateq":
+            check_choice_model(venv.venv.simulator)
+        algorithm, policy = (SlateQ, SlateQPolicy) if config.algo == "slateq" else (DQN, ScorerDQNPolicy)
+        model = algorithm(
+            policy,
             venv,
             buffer_size=config.buffer_size,
             learning_starts=config.learning_starts,
@@ -213,8 +219,10 @@ def build_agent(
         )
     if ranker is not None:
         ranker.warm_start(model.policy.scorer)
-        if config.algo == "dqn":
+        if config.algo in ("dqn", "slateq"):
             model.policy.q_net_target.load_state_dict(model.policy.q_net.state_dict())
+        if config.algo == "slateq":  # the ranker's click head is SlateQ's click model
+            model.policy.warm_start_click_model(ranker.scorer)
     if config.kl_coef:
         if ranker is None:
             raise ValueError(f"AgentConfig.kl_coef={config.kl_coef} needs ranker= (the KL penalty's prior)")
@@ -462,7 +470,7 @@ def train_agent(
         model.policy.optimizer.load_state_dict(payload["optimizer"])
         model.num_timesteps = resumed_from = payload["num_timesteps"]
         model._n_updates = payload["n_updates"]
-        if config.algo == "dqn":
+        if config.algo in ("dqn", "slateq"):
             model.learning_starts = model.num_timesteps + config.learning_starts
         # fresh training users after a resume, but still a function of (seed, step)
         venv.seed(config.seed + model.num_timesteps)

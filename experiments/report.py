@@ -33,11 +33,19 @@ METRICS = {
     "intra_list_diversity": "1 - mean cosine within a slate (slate envs only)",
     "novelty": "mean -log2 popularity share of recommended items (bits)",
     "coverage": "share of the catalog ever recommended",
+    "exposure_gini": "Gini of per-item exposure (0 = every item shown equally)",
+    "topic_exposure_gini": "Gini of per-topic exposure",
+    "top1_exposure_share": "share of exposure to the 1% most popular items (logs)",
+    "top10_exposure_share": "share of exposure to the 10% most popular items (logs)",
+    "long_tail_exposure_share": "share of exposure to items outside the 20% most popular",
 }
 #: Privileged references every summary reports fractions of (`agents.references`).
 REFERENCES = REFERENCE_NAMES
 #: The return broken down: per user, return = session_length x ctr x minutes_per_click.
 BREAKDOWN = ("episode_return", "session_length", "ctr", "minutes_per_click", "recommended_duration")
+#: Exposure fairness (`recsim_mm.metrics.exposure_summary`), a table of its own in summary.md.
+EXPOSURE = ("exposure_gini", "topic_exposure_gini", "top1_exposure_share", "top10_exposure_share",
+            "long_tail_exposure_share")
 #: Metrics drawn in the bar chart.
 BAR_METRICS = ("episode_return", "ctr", "engagement_per_step", "session_length",
                "session_diversity", "coverage")
@@ -360,6 +368,11 @@ def summary_markdown(title: str, setting: str, results: dict[str, EnvResults],
         out += [f"## `{env_id}`", "", f"User model: {user_model}.", "",
                 "Where each return comes from (per user, return = session_length x ctr x minutes_per_click; "
                 "mean over seeds ± 95% CI):", "", comparison_table(r.metrics, BREAKDOWN), ""]
+        exposure = [m for m in EXPOSURE if m in r.metric_names]
+        if exposure:
+            out += ["Exposure (how each strategy spreads what it shows over items and topics; every slate "
+                    "position counts; popularity = clicks in the training logs):", "",
+                    comparison_table(r.metrics, exposure), ""]
         comparisons = r.comparisons()
         if comparisons:
             out += ["Paired with the greedy ranker (same held-out users per seed):", "",

@@ -1,4 +1,5 @@
-"""Ranking and click-prediction metrics: AUC, log loss, NDCG@k, Recall@k.
+"""Ranking, click-prediction and exposure metrics: AUC, log loss, NDCG@k, Recall@k,
+Gini and the exposure summary of a recommender (`exposure_summary`).
 
 All functions take torch tensors or numpy arrays, compute in float64 on the CPU and
 return Python floats. Invalid input (mismatched shapes, labels outside {0, 1}, NaN)
@@ -144,3 +145,67 @@ def top_k_relevant(relevance, k: int) -> np.ndarray:
     marks = np.zeros_like(r)
     np.put_along_axis(marks, order, 1.0, axis=1)
     return marks
+
+
+def gini(values) -> float:
+    """Gini coefficient of non-negative amounts ``(n,)``: 0 = equal, ``(n-1)/n`` = one holds all.
+
+    ``G = sum_i (2i - n - 1) x_(i) / (n sum x)`` over the values sorted ascending.
+
+    Raises:
+        ValueError: a negative value, an empty array, or an all-zero array (undefined).
+    """
+    x = np.sort(_array("values", values).ravel())
+    if x.size == 0 or (x < 0).any():
+        raise ValueError(f"gini needs a non-empty array of non-negative amounts; got {x.size} values, "
+                         f"min {x.min() if x.size else None}")
+    total = x.sum()
+    if total == 0:
+        raise ValueError("gini of an all-zero array is undefined (nothing was exposed)")
+    n = x.size
+    return float(((2 * np.arange(1, n + 1) - n - 1) * x).sum() / (n * total))
+
+
+#: Long tail = every item outside the most popular ``LONG_TAIL_HEAD`` share of the catalog.
+LONG_TAIL_HEAD = 0.2
+
+
+def exposure_summary(exposure, popularity=None, topics=None) -> dict[str, float]:
+    """How a recommender spread its exposure over items and topics.
+
+    Args:
+        exposure: ``(N,)`` times each catalog item was shown (every slate position
+            counts once).
+        popularity: optional ``(N,)`` clicks per item in the training logs; it defines
+            the head (most popular items, ties by item row) for the shares below.
+        topics: optional ``(N, T)`` topic mixtures (rows sum to 1); an item's exposure is
+            split over its topics.
+
+    Returns:
+        ``exposure_gini`` (items, 0 = equal exposure); with ``topics``:
+        ``topic_exposure_gini``; with ``popularity``: ``top1_exposure_share`` and
+        ``top10_exposure_share`` (share of exposure going to the 1% / 10% most popular
+        items; at least one item each) and ``long_tail_exposure_share`` (share going
+        to the items outside the most popular 20%). Shares are in [0, 1].
+
+    Raises:
+        ValueError: shapes that do not match the catalog, negative counts, no exposure.
+    """
+    e = _array("exposure", exposure)
+    out = {"exposure_gini": gini(e)}
+    if topics is not None:
+        t = _array("topics", topics)
+        if t.ndim != 2 or len(t) != len(e):
+            raise ValueError(f"topics must be (N={len(e)}, T); got {t.shape}")
+        out["topic_exposure_gini"] = gini(e @ t)
+    if popularity is not None:
+        p = _array("popularity", popularity)
+        if p.shape != e.shape:
+            raise ValueError(f"popularity must be (N={len(e)},); got {p.shape}")
+        order = np.argsort(-p, kind="stable")
+        total = e.sum()
+        for name, share in (("top1_exposure_share", 0.01), ("top10_exposure_share", 0.10)):
+            out[name] = float(e[order[: max(1, int(round(share * len(e))))]].sum() / total)
+        head = max(1, int(round(LONG_TAIL_HEAD * len(e))))
+        out["long_tail_exposure_share"] = float(e[order[head:]].sum() / total)
+    return out

@@ -49,7 +49,7 @@ from torch.nn import functional as F
 
 USER_ENCODERS = ("attention", "gru")
 FUSIONS = ("gated", "cross_attention")
-MODALITIES = ("fused", "text", "image")
+MODALITIES = ("fused", "text", "image", "id")
 REQUIRED_KEYS = ("history_items", "history_feedback", "history_mask", "candidate_items")
 
 
@@ -65,7 +65,11 @@ class ScorerConfig:
         fusion: ``"gated"`` (element-wise gate between text and image projections) or
             ``"cross_attention"`` (the two modality tokens attend to each other).
         modality: ``"fused"`` (both parts), ``"text"`` or ``"image"`` (ablations that
-            read only that part of every item vector).
+            read only that part of every item vector), or ``"id"``: no content at all,
+            each catalog item is a learned ``(d,)`` embedding in place of its fused
+            vector (the id-only baseline that measures what content buys, e.g. for
+            items no log mentions; needs the item table, for N, and ``ids``-mode
+            observations).
         num_heads: attention heads (must divide ``hidden_dim``).
         num_queries: learned queries of the attention user encoder.
         max_history: longest history ``H`` the recency embedding covers.
@@ -182,7 +186,7 @@ class ItemTower(nn.Module):
         self.image_proj = nn.Linear(config.d_image, h) if config.modality != "text" else None
         self.gate = None
         self.cross = None
-        if config.modality == "fused":
+        if config.modality in ("fused", "id"):
             if config.fusion == "gated":
                 self.gate = nn.Linear(2 * h, h)
             else:
@@ -484,6 +488,12 @@ class Scorer(nn.Module):
             self.register_buffer("item_table", item_table.detach().float().clone(), persistent=False)
         else:
             self.item_table = None
+        if config.modality == "id":
+            if item_table is None:
+                raise ValueError("ScorerConfig.modality='id' learns one embedding per catalog item: "
+                                 "pass item_table= (item_space.fused) for the number of items")
+            scale = float(self.item_table.std())
+            self.item_embedding = nn.Parameter(torch.randn(*self.item_table.shape) * scale)
         self.item_tower = ItemTower(config)
         self.user_encoder = UserEncoder(config)
         self.history_match = HistoryMatch(config) if config.history_match else None
@@ -504,6 +514,12 @@ class Scorer(nn.Module):
         config = ScorerConfig(d_text=item_space.d_text, d_image=item_space.d_image, **config_overrides)
         return cls(config, item_table=item_space.fused if ids else None)
 
+    @property
+    def item_vectors(self) -> torch.Tensor | None:
+        """``(N, d)`` what the scorer reads for catalog item n: its fused vector, or for
+        ``modality="id"`` its learned embedding."""
+        return self.item_embedding if self.config.modality == "id" else self.item_table
+
     # -- input handling ---------------------------------------------------------------
 
     def _vectors(self, obs: dict[str, torch.Tensor], key: str, ndim_ids: int) -> torch.Tensor:
@@ -522,7 +538,10 @@ class Scorer(nn.Module):
                     f"obs[{key!r}] holds item ids ({value.dtype}) but this Scorer has no item "
                     "table; build it with Scorer(config, item_table=item_space.fused)"
                 )
-            return F.embedding(value.long(), self.item_table)
+            return F.embedding(value.long(), self.item_vectors)
+        if self.config.modality == "id":
+            raise ValueError(f"obs[{key!r}] holds item vectors, but an id-only scorer (modality='id') "
+                             "reads item ids: use obs_mode='ids'")
         if value.ndim != ndim_ids + 1 or value.shape[-1] != self.config.dim:
             raise ValueError(
                 f"obs[{key!r}] in embeddings mode must be (..., {self.config.dim}) with "
@@ -583,11 +602,11 @@ class Scorer(nn.Module):
         """
         if torch.is_grad_enabled():
             self._catalog_cache = None
-            return self._item_terms(self.item_table, heads)
+            return self._item_terms(self.item_vectors, heads)
         key = tuple((t.data_ptr(), t._version) for t in (self.item_table, *self.parameters()))
         cache = getattr(self, "_catalog_cache", None)
         if cache is None or cache[0] != key:
-            terms = tuple(t.contiguous() for t in self._item_terms(self.item_table, len(self._heads())))
+            terms = tuple(t.contiguous() for t in self._item_terms(self.item_vectors, len(self._heads())))
             cache = self._catalog_cache = (key, terms)
         return cache[1][: 1 + heads] + cache[1][-1:]
 

@@ -262,3 +262,29 @@ def test_history_decays_survive_a_json_round_trip():
     config = ScorerConfig(d_text=8, d_image=6, history_decays=(0.6, 0.9))
     again = ScorerConfig.from_dict(json.loads(json.dumps(config.to_dict())))
     assert again == config and again.history_decays == (0.6, 0.9)
+
+
+def test_id_only_scorer_learns_one_embedding_per_item_and_reads_no_content():
+    config = ScorerConfig(d_text=8, d_image=6, hidden_dim=16, num_heads=2, modality="id")
+    torch.manual_seed(0)
+    scorer = Scorer(config, item_table=SPACE.fused)
+    assert scorer.item_embedding.shape == SPACE.fused.shape
+    obs = ids_obs()
+    before = scorer(obs).detach()
+    # content does not enter: another item table (same N) gives the same scores
+    other = Scorer(config, item_table=torch.randn_like(SPACE.fused))
+    other.load_state_dict(scorer.state_dict())
+    torch.testing.assert_close(other(obs), before)
+    # the embeddings are trained: a gradient step on one candidate's score moves its row only
+    scorer(obs)[0, 0].backward()
+    moved = scorer.item_embedding.grad.abs().sum(1) > 0
+    assert moved[obs["candidate_items"][0, 0]]
+    with torch.no_grad():  # cached catalog terms follow the embedding when it changes
+        scorer.item_embedding.add_(0.5)
+        assert not torch.equal(scorer(obs), before)
+    vectors = {**obs, "candidate_items": SPACE.fused[obs["candidate_items"]],
+               "history_items": SPACE.fused[obs["history_items"]]}
+    with pytest.raises(ValueError, match="id-only scorer"):
+        scorer(vectors)
+    with pytest.raises(ValueError, match="modality='id' learns one embedding per catalog item"):
+        Scorer(config)
