@@ -9,7 +9,7 @@ import torch
 from envs.rec_env import RecEnvOptions, build_simulator
 from envs.vector_env import RecVectorEnv
 from recsim_mm.explain import explain, modality_agreement, modality_check
-from recsim_mm.logs import ProductionPolicy, collect
+from recsim_mm.logging_policies import ProductionPolicy, collect
 from recsim_mm.pipeline import default_item_space
 from recsim_mm.ranker import Ranker, TrainConfig, train_ranker
 from recsim_mm.scorer import Scorer, ScorerConfig

@@ -8,7 +8,7 @@ import torch
 
 import envs
 from agents.baselines import ExposureAwareRecommender, make_baseline
-from agents.evaluation import evaluate_policy
+from agents.evaluation import evaluate_recommender
 from envs.vector_env import RecVectorEnv
 from recsim_mm.metrics import exposure_summary, gini
 from recsim_mm.pipeline import default_item_space
@@ -53,7 +53,7 @@ def test_evaluation_counts_every_shown_slate_position_and_popular_is_less_fair_t
     results = {}
     for name in ("random", "popular"):
         policy = make_baseline(name, space.fused, popularity=popularity, slate_size=envs.SLATE_SIZE)
-        results[name] = evaluate_policy(policy, env, seed=11, item_table=space.fused, popularity=popularity)
+        results[name] = evaluate_recommender(policy, env, seed=11, item_table=space.fused, popularity=popularity)
     random = results["random"]
     assert random.item_exposure.sum() == random.session_length.sum() * envs.SLATE_SIZE
     summary = random.summary()
@@ -72,7 +72,7 @@ def test_exposure_regulariser_trades_return_for_flatter_exposure(space):
     gini_by_weight = {}
     for fairness in (0.0, 2.0):
         policy = ExposureAwareRecommender(ranker.policy(objective="engagement"), space.fused, fairness)
-        result = evaluate_policy(policy, env, seed=5, item_table=space.fused)
+        result = evaluate_recommender(policy, env, seed=5, item_table=space.fused)
         gini_by_weight[fairness] = result.exposure["exposure_gini"]
         assert policy.exposure.sum() >= result.item_exposure.sum()  # it counted what it showed
     assert gini_by_weight[2.0] < gini_by_weight[0.0] - 0.05, gini_by_weight

@@ -10,7 +10,7 @@ import torch
 
 import envs
 from agents.baselines import make_baseline
-from agents.evaluation import evaluate_policy
+from agents.evaluation import evaluate_recommender
 from agents.sb3_vec_env import SB3VecEnv
 from agents.slateq import (
     SlateQ,
@@ -146,9 +146,9 @@ def test_slateq_beats_random_slates_on_held_out_users(space):
     model = slateq(space, venv)
     model.learn(12_288)
     env = RecVectorEnv(512, item_space=space, obs_mode="ids", device="cpu", slate_size=envs.SLATE_SIZE)
-    agent = evaluate_policy(model, env, seed=777, item_table=space.fused).episode_return
+    agent = evaluate_recommender(model, env, seed=777, item_table=space.fused).episode_return
     random_slates = make_baseline("random", space.fused, slate_size=envs.SLATE_SIZE)
-    random = evaluate_policy(random_slates, env, seed=777, item_table=space.fused).episode_return
+    random = evaluate_recommender(random_slates, env, seed=777, item_table=space.fused).episode_return
     gain = agent - random  # same held-out users: paired
     standard_error = gain.std(ddof=1) / np.sqrt(len(gain))
     assert gain.mean() > 5 * standard_error, (gain.mean(), standard_error)
