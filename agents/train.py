@@ -358,7 +358,56 @@ def save_agent_checkpoint(
         "policy": {k: v.detach().cpu() for k, v in model.policy.state_dict().items()},
         "optimizer": model.policy.optimizer.state_dict(),
     }
+    buffer = getattr(model, "replay_buffer", None)
+    if buffer is not None:
+        payload["replay_buffer"] = replay_buffer_state(buffer, item_space)
     atomic_torch_save(payload, path)
+
+
+#: Array fields of SB3's (Dict)ReplayBuffer that a checkpoint carries.
+_BUFFER_FIELDS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
+
+
+def replay_buffer_state(buffer, item_space: ItemSpace) -> dict:
+    """The filled part of an SB3 replay buffer as tensors (``weights_only``-loadable).
+
+    Rows ``[0, pos)`` (all rows once the buffer has wrapped), each field
+    ``(rows, n_envs, ...)``; observations in ``ids`` mode are item rows, so the state
+    records the item space's fingerprint they refer to.
+    """
+    rows = buffer.buffer_size if buffer.full else buffer.pos
+    state: dict[str, Any] = {"pos": int(buffer.pos), "full": bool(buffer.full), "rows": int(rows),
+                             "item_space_fingerprint": item_space.fingerprint()}
+    for name in _BUFFER_FIELDS:
+        value = getattr(buffer, name)
+        if isinstance(value, dict):
+            state[name] = {key: torch.from_numpy(array[:rows].copy()) for key, array in value.items()}
+        else:
+            state[name] = torch.from_numpy(value[:rows].copy())
+    return state
+
+
+def restore_replay_buffer(buffer, state: dict, item_space: ItemSpace, source: Path) -> None:
+    """Put a `replay_buffer_state` back into an SB3 replay buffer of the same shape.
+
+    Raises:
+        ValueError: the buffer was filled on another item space, or its shapes do not fit
+            (names ``source`` and the field).
+    """
+    if state["item_space_fingerprint"] != item_space.fingerprint():
+        raise ValueError(f"{source}: the replay buffer holds transitions on item space "
+                         f"{state['item_space_fingerprint']}; this run uses {item_space.fingerprint()}")
+    rows = state["rows"]
+    for name in _BUFFER_FIELDS:
+        target, saved = getattr(buffer, name), state[name]
+        pairs = [(target[k], saved[k], f"{name}.{k}") for k in target] if isinstance(target, dict) else [
+            (target, saved, name)]
+        for array, value, label in pairs:
+            if rows > len(array) or tuple(value.shape[1:]) != array.shape[1:]:
+                raise ValueError(f"{source}: replay buffer field {label} has shape {tuple(value.shape)}; "
+                                 f"this run's buffer holds (<= {len(array)}, {', '.join(map(str, array.shape[1:]))})")
+            array[:rows] = value.numpy()
+    buffer.pos, buffer.full = state["pos"], state["full"]
 
 
 def load_agent_checkpoint(path: Path, config: AgentConfig, item_space: ItemSpace) -> dict:
@@ -430,8 +479,8 @@ def train_agent(
     If ``run_dir/checkpoint.pt`` exists, training resumes from its step counter with its
     parameters and optimizer state, and TensorBoard curves continue from that step. An
     interruption (Ctrl-C, a crash inside the loop) writes a checkpoint before it
-    propagates. DQN's replay buffer is not checkpointed: a resumed DQN refills it for
-    ``learning_starts`` steps before it updates again.
+    propagates. DQN's and SlateQ's replay buffer is part of the checkpoint, so a resumed
+    run keeps learning on the same transitions, with no refill.
 
     Args:
         config: the run's `AgentConfig`.
@@ -470,8 +519,8 @@ def train_agent(
         model.policy.optimizer.load_state_dict(payload["optimizer"])
         model.num_timesteps = resumed_from = payload["num_timesteps"]
         model._n_updates = payload["n_updates"]
-        if config.algo in ("dqn", "slateq"):
-            model.learning_starts = model.num_timesteps + config.learning_starts
+        if "replay_buffer" in payload:  # DQN / SlateQ continue on the same transitions
+            restore_replay_buffer(model.replay_buffer, payload["replay_buffer"], item_space, checkpoint)
         # fresh training users after a resume, but still a function of (seed, step)
         venv.seed(config.seed + model.num_timesteps)
     remaining = config.total_steps - model.num_timesteps

@@ -427,3 +427,45 @@ def test_prior_regularized_ppo_refuses_a_bad_kl_coef_or_a_missing_prior(space):
                                 policy_kwargs=kwargs, device="cpu")
     with pytest.raises(ValueError, match="needs a prior"):
         model.learn(32)
+
+
+@pytest.mark.parametrize("algo,env_id", [("dqn", ENV_ID), ("slateq", "recsim_mm/InterestEvolutionSlate-v0")])
+def test_resumed_replay_learner_has_the_same_buffer_and_updates_without_a_refill(space, tmp_path, algo, env_id):
+    config = AgentConfig(algo=algo, total_steps=1_024, num_envs=32, device="cpu", scorer=SMALL_SCORER,
+                         checkpoint_every=512, learning_starts=512, gradient_steps=1)
+    train_agent(config, env_id, {"obs_mode": "ids"}, space, tmp_path)
+    saved = load_agent_checkpoint(tmp_path / "checkpoint.pt", config, space)
+    assert saved["replay_buffer"]["rows"] == 1_024 // 32
+    seen = {}
+
+    class Capture(BaseCallback):
+        def _on_training_start(self) -> None:
+            buffer = self.model.replay_buffer
+            seen["obs"] = {k: v[: buffer.pos].copy() for k, v in buffer.observations.items()}
+            seen["actions"] = buffer.actions[: buffer.pos].copy()
+            seen["updates"] = self.model._n_updates
+
+        def _on_step(self) -> bool:
+            if "first_update" not in seen and self.model._n_updates > seen["updates"]:
+                seen["first_update"] = self.model.num_timesteps
+            return True
+
+    resumed = dataclasses.replace(config, total_steps=1_024 + 256)
+    outcome = train_agent(resumed, env_id, {"obs_mode": "ids"}, space, tmp_path, callbacks=[Capture()])
+    assert outcome.resumed_from == 1_024
+    for key, value in saved["replay_buffer"]["observations"].items():
+        np.testing.assert_array_equal(seen["obs"][key], value.numpy())
+    np.testing.assert_array_equal(seen["actions"], saved["replay_buffer"]["actions"].numpy())
+    # a refill would wait learning_starts (512) steps; updates resume within the first vector steps
+    assert seen["first_update"] <= 1_024 + 2 * 32, seen
+
+
+def test_resume_with_a_buffer_from_another_item_space_is_refused(space, tmp_path):
+    from agents.train import restore_replay_buffer
+    config = AgentConfig(algo="dqn", total_steps=128, num_envs=32, device="cpu", scorer=SMALL_SCORER,
+                         learning_starts=64)
+    outcome = train_agent(config, ENV_ID, {"obs_mode": "ids"}, space, tmp_path)
+    state = load_agent_checkpoint(tmp_path / "checkpoint.pt", config, space)["replay_buffer"]
+    other = default_item_space(num_items=200)
+    with pytest.raises(ValueError, match="replay buffer holds transitions on item space"):
+        restore_replay_buffer(outcome.model.replay_buffer, state, other, tmp_path / "checkpoint.pt")
