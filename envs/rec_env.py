@@ -325,7 +325,6 @@ class RecEnv(gym.Env):
         self.action_space = action_space(self.simulator)
         self._num_candidates = self.simulator.num_candidates
         self._slate_size = self.simulator.slate_size
-        self._action = torch.zeros(1, self._slate_size, dtype=torch.long, device=self.simulator.device)
         self._needs_reset = True
         self._seeded = False
         self._last: dict[str, Any] = {}
@@ -343,7 +342,8 @@ class RecEnv(gym.Env):
         self.simulator.reset(seed)
         self._needs_reset = False
         self._last = {}
-        return self._observation(), self._reset_info()
+        obs = self._observation()  # first: see step
+        return obs, self._reset_info()
 
     def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         if self._needs_reset:
@@ -352,8 +352,10 @@ class RecEnv(gym.Env):
                 "call reset() first"
             )
         positions = check_actions(action, self._num_candidates, self._slate_size, batch=None)
-        self._action.copy_(torch.from_numpy(positions))
-        out = self.simulator.step(self._action)
+        out = self.simulator.step(torch.from_numpy(positions).to(self.simulator.device))
+        # The observation first: in embeddings mode the true affinities of the new
+        # candidates are computed from the vectors it gathers (`_reset_info` reads them).
+        obs = self._observation()
         # One host read per scalar (no stacking op); the affinity tensor is fresh each
         # step and never written again by the core, so its row is handed out as is.
         reward = out.reward.item()
@@ -365,10 +367,10 @@ class RecEnv(gym.Env):
             "clicked_item": out.clicked_item.item(),
         }
         if self.simulator.track_truth:
-            info["true_affinity"] = out.true_affinity[0].cpu().numpy()
+            info["true_affinity"] = out.true_affinity.cpu().numpy()[0]
         info.update(self._reset_info())
         self._last = {"action": positions[0].tolist(), "reward": reward, **info}
-        return self._observation(), reward, terminated, truncated, info
+        return obs, reward, terminated, truncated, info
 
     def _observation(self) -> dict[str, np.ndarray]:
         # Fresh (1, ...) arrays, each written once; row 0 of each is the observation.
@@ -378,9 +380,9 @@ class RecEnv(gym.Env):
         info: dict[str, Any] = {}
         sim = self.simulator
         if sim.track_truth:
-            info["candidate_affinity"] = sim.candidate_affinity[0].cpu().numpy().copy()
+            info["candidate_affinity"] = sim.candidate_affinity.cpu().numpy()[0].copy()
         for key, value in sim.users.hidden_state().items():
-            info[key] = float(value[0])
+            info[key] = value.item()
         return info
 
     def render(self) -> str | None:
