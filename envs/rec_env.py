@@ -19,6 +19,14 @@ from gymnasium import spaces
 
 from recsim_mm.device import resolve_device
 from recsim_mm.item_space import ItemSpace
+from recsim_mm.observation import (
+    CANDIDATE_ITEMS,
+    HISTORY_FEEDBACK,
+    HISTORY_ITEMS,
+    HISTORY_MASK,
+    TIME_LEFT,
+    USER_FEATURES,
+)
 from recsim_mm.simulator import Simulator
 from recsim_mm.users import UserModel, resolve_user_model
 
@@ -131,14 +139,14 @@ def observation_space(sim: Simulator) -> spaces.Dict:
         candidates = spaces.Box(0, n - 1, (k,), np.int64)
     feedback_high = np.broadcast_to(np.array([1.0, sim.users.max_engagement()], np.float32), (h, 2))
     obs = {
-        "history_items": history,
-        "history_feedback": spaces.Box(np.zeros((h, 2), np.float32), feedback_high.copy(), dtype=np.float32),
-        "history_mask": spaces.Box(0.0, 1.0, (h,), np.float32),
-        "candidate_items": candidates,
-        "time_left": spaces.Box(0.0, sim.users.max_time_left(), (1,), np.float32),
+        HISTORY_ITEMS: history,
+        HISTORY_FEEDBACK: spaces.Box(np.zeros((h, 2), np.float32), feedback_high.copy(), dtype=np.float32),
+        HISTORY_MASK: spaces.Box(0.0, 1.0, (h,), np.float32),
+        CANDIDATE_ITEMS: candidates,
+        TIME_LEFT: spaces.Box(0.0, sim.users.max_time_left(), (1,), np.float32),
     }
     if sim.num_features:
-        obs["user_features"] = spaces.Box(-np.inf, np.inf, (sim.num_features,), np.float32)
+        obs[USER_FEATURES] = spaces.Box(-np.inf, np.inf, (sim.num_features,), np.float32)
     return spaces.Dict(obs)
 
 

@@ -131,7 +131,7 @@ class RecVectorEnv(VectorEnv):
             if self._needs_reset:
                 raise RuntimeError("reset(options={'reset_mask': ...}) needs a full reset() first")
             if seed is not None:
-                sim.generator.manual_seed(int(seed))
+                sim.seed(int(seed), clear_candidates=False)  # other rows go on
             sim.reset_rows(torch.from_numpy(mask).to(sim.device))
             self._autoreset[mask] = False
         self._needs_reset = False

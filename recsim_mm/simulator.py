@@ -39,7 +39,12 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from recsim_mm.candidates import CandidateConfig, CandidateGenerator, CandidateSource, check_candidate_source
+from recsim_mm.candidates import (
+    CandidateConfig,
+    CandidateGenerator,
+    CandidateSource,
+    check_candidate_source,
+)
 from recsim_mm.item_space import ItemSpace
 from recsim_mm.observation import (
     CANDIDATE_ITEMS,
