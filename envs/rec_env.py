@@ -333,6 +333,7 @@ class RecEnv(gym.Env):
         self.action_space = action_space(self.simulator)
         self._num_candidates = self.simulator.num_candidates
         self._slate_size = self.simulator.slate_size
+        self._on_cpu = self.simulator.device.type == "cpu"
         self._needs_reset = True
         self._seeded = False
         self._last: dict[str, Any] = {}
@@ -347,7 +348,7 @@ class RecEnv(gym.Env):
             # Unseeded first reset: draw the core's seed from Gymnasium's np_random.
             seed = int(self.np_random.integers(2**62))
         self._seeded = True
-        self.simulator.reset(seed)
+        self.simulator.reset(seed, observe=False)
         self._needs_reset = False
         self._last = {}
         obs = self._observation()  # first: see step
@@ -360,7 +361,7 @@ class RecEnv(gym.Env):
                 "call reset() first"
             )
         positions = check_actions(action, self._num_candidates, self._slate_size, batch=None)
-        out = self.simulator.step(torch.from_numpy(positions).to(self.simulator.device))
+        out = self.simulator.step(torch.from_numpy(positions) if self._on_cpu else torch.from_numpy(positions).to(self.simulator.device))
         # The observation first: in embeddings mode the true affinities of the new
         # candidates are computed from the vectors it gathers (`_reset_info` reads them).
         obs = self._observation()

@@ -122,7 +122,7 @@ class RecVectorEnv(VectorEnv):
             seed = int(self.np_random.integers(2**62))
         if mask is None:
             self._seeded = True
-            sim.reset(seed)
+            sim.reset(seed, observe=False)
             self._autoreset[:] = False
         else:
             mask = np.asarray(mask)

@@ -250,17 +250,23 @@ class Simulator:
         self._history_np: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None
 
     # ------------------------------------------------------------------ reset
-    def reset(self, seed: int | None = None) -> dict[str, torch.Tensor]:
+    def reset(self, seed: int | None = None, *, observe: bool = True) -> dict[str, torch.Tensor] | None:
         """Start every row with a fresh user (re-seeding the generator if ``seed`` is given).
 
+        Args:
+            seed: re-seed the generator first (see `seed`); None continues the stream.
+            observe: return the observation; False returns None, for callers that
+                take it as numpy arrays (`observation_arrays`) and so skip building
+                the torch one.
+
         Returns:
-            The observation dict (see module docstring).
+            The observation dict (see module docstring), or None with ``observe=False``.
         """
         if seed is not None:
             self.seed(seed)
         self._start = 0
         self.reset_rows(self._all_rows)
-        return self.observation()
+        return self.observation() if observe else None
 
     def seed(self, seed: int, *, clear_candidates: bool = True) -> None:
         """Re-seed the simulator's generator (the one source of its randomness).

@@ -394,7 +394,7 @@ class MultimodalUser(UserModel):
         return utility - self.config.satiation_strength * satiation, satiation
 
     def respond(self, slate: torch.Tensor, generator: torch.Generator) -> UserResponse:
-        cfg, d = self.config, self.dim
+        d = self.dim
         rows = self._gather(slate)  # (B, S, d + 2)
         utility, satiation = self._utility_and_satiation(rows)
         clicked = self.choice.choose(utility, generator)
