@@ -56,10 +56,10 @@ class RecVectorEnv(VectorEnv):
 
     ## Arguments
     ``num_envs`` (``B``), ``autoreset_mode``, ``copy`` (default True: observations are
-    fresh arrays the caller may keep, each written once per step; False: zero-copy
-    views of the simulator's buffers, overwritten by the next ``step``/``reset``,
-    which saves writing ``B x (H + K) x d`` floats a second time; see
-    docs/environments.md), ``info_keys`` (default None: every key above; a list:
+    arrays the caller may keep, each written once per step, whose memory is reused
+    only once the caller holds no reference to it (`recsim_mm.simulator.FreshArrays`);
+    False: zero-copy views of the simulator's buffers, overwritten by the next
+    ``step``/``reset``; see docs/environments.md), ``info_keys`` (default None: every key above; a list:
     only those, e.g. ``[]`` for an empty info; an unknown key, or an affinity
     without ``track_truth``, raises `ValueError`), ``render_mode`` (None only), and
     every `RecEnvOptions` field (``device`` defaults to ``"auto"`` here).

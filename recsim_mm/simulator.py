@@ -90,13 +90,21 @@ class FreshArrays:
     def __init__(self, size: int = _POOL_SIZE) -> None:
         self.size = size
         self._arrays: dict[str, list[np.ndarray]] = {}
+        # The count of an array only a list holds, measured the way `get` measures it
+        # (interpreters differ in the temporary references a call adds).
+        probe = [np.empty(0)]
+        self._unreferenced = self._count(probe, 0)
+
+    @staticmethod
+    def _count(arrays: list[np.ndarray], i: int) -> int:
+        return sys.getrefcount(arrays[i])
 
     def get(self, key: str, shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
         """An uninitialised ``shape`` ``dtype`` array no one else references (see the class)."""
         arrays = self._arrays.setdefault(key, [])
         for i in range(len(arrays)):
-            # References: the list's and getrefcount's argument; any more is a holder.
-            if sys.getrefcount(arrays[i]) == 2 and arrays[i].shape == shape and arrays[i].dtype == dtype:
+            # Any reference beyond the list's own is a holder.
+            if self._count(arrays, i) == self._unreferenced and arrays[i].shape == shape and arrays[i].dtype == dtype:
                 return arrays[i]
         out = np.empty(shape, dtype)
         if len(arrays) < self.size:
@@ -295,7 +303,6 @@ class Simulator:
         """
         check_candidate_source(source)
         self.candidate_generator = source
-        self._affinity_current = not self.track_truth
 
     def reset_rows(self, rows: torch.Tensor) -> None:
         """Put fresh users into ``rows`` (``(R,)`` int64 indices or ``(B,)`` bool mask).
@@ -524,6 +531,7 @@ class Simulator:
         feedback = self._hist_feedback[:, window]
         if self.obs_mode == "embeddings":
             history, candidates = self._current_vectors()
+            self._affinity_from(candidates)
         else:
             history, candidates = self._hist_items[:, window], self.candidates
         obs = {
