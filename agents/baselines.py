@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from recsim_mm.observation import CANDIDATE_ITEMS, HISTORY_FEEDBACK, HISTORY_ITEMS, HISTORY_MASK
+
 
 def top_positions(scores: np.ndarray, slate_size: int | None) -> np.ndarray:
     """Highest-scored candidate positions.
@@ -57,7 +59,7 @@ def candidate_rows(observation: dict[str, np.ndarray], item_table: torch.Tensor)
     Raises:
         ValueError: an embedding matches no item of the table (wrong item space).
     """
-    candidates = np.asarray(observation["candidate_items"])
+    candidates = np.asarray(observation[CANDIDATE_ITEMS])
     if np.issubdtype(candidates.dtype, np.integer):
         return candidates.astype(np.int64)
     table = item_table.detach().cpu().float()
@@ -112,7 +114,7 @@ class RandomRecommender(Recommender):
     name = "random"
 
     def scores(self, observation):
-        batch = np.shape(observation["candidate_items"])[:2]
+        batch = np.shape(observation[CANDIDATE_ITEMS])[:2]
         return self.rng.random(batch)
 
 
@@ -236,15 +238,15 @@ class MMRRecommender(Recommender):
     def redundancy(self, observation) -> np.ndarray:
         """``(B, K)`` max clipped cosine of each candidate to the recently clicked items."""
         cand = self.unit[candidate_rows(observation, self.item_table)]  # (B, K, d)
-        history = np.asarray(observation["history_items"])
+        history = np.asarray(observation[HISTORY_ITEMS])
         if np.issubdtype(history.dtype, np.integer):
             past = self.unit[history]
         else:
             past = history / np.maximum(np.linalg.norm(history, axis=-1, keepdims=True), 1e-12)
         recent = np.zeros(history.shape[:2], dtype=bool)
         recent[:, -self.window:] = True
-        clicked = (np.asarray(observation["history_feedback"])[..., 0] > 0) & (
-            np.asarray(observation["history_mask"]) > 0) & recent
+        clicked = (np.asarray(observation[HISTORY_FEEDBACK])[..., 0] > 0) & (
+            np.asarray(observation[HISTORY_MASK]) > 0) & recent
         sim = np.einsum("bkd,bhd->bkh", cand, past)
         sim = np.where(clicked[:, None, :], np.maximum(sim, 0.0), 0.0)
         return sim.max(axis=2)
@@ -337,9 +339,9 @@ class LinUCBRecommender(Recommender):
         return value.astype(np.float64)
 
     def _contexts(self, observation) -> np.ndarray:
-        candidates = self._vectors(observation, "candidate_items")  # (B, K, d)
-        history = self._vectors(observation, "history_items")  # (B, H, d)
-        weight = np.asarray(observation["history_mask"]) * np.asarray(observation["history_feedback"])[..., 0]
+        candidates = self._vectors(observation, CANDIDATE_ITEMS)  # (B, K, d)
+        history = self._vectors(observation, HISTORY_ITEMS)  # (B, H, d)
+        weight = np.asarray(observation[HISTORY_MASK]) * np.asarray(observation[HISTORY_FEEDBACK])[..., 0]
         profile = (history * weight[..., None]).sum(1) / np.maximum(weight.sum(1, keepdims=True), 1.0)
         return np.concatenate([candidates, candidates * profile[:, None, :]], axis=-1)
 

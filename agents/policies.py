@@ -28,10 +28,11 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.dqn.policies import DQNPolicy, QNetwork
 from torch import nn
 
+from recsim_mm.observation import CANDIDATE_ITEMS, HISTORY_ITEMS
 from recsim_mm.sampling import gumbel_top_k, plackett_luce_log_prob_and_entropy
 from recsim_mm.scorer import Scorer, ScorerConfig
 
-ID_KEYS = ("history_items", "candidate_items")
+ID_KEYS = (HISTORY_ITEMS, CANDIDATE_ITEMS)
 
 
 class _PassThrough(BaseFeaturesExtractor):
@@ -46,7 +47,7 @@ class _PassThrough(BaseFeaturesExtractor):
 
 def is_ids_mode(observation_space: spaces.Dict) -> bool:
     """True when ``candidate_items`` holds item rows (integer Box) rather than vectors."""
-    return np.issubdtype(observation_space["candidate_items"].dtype, np.integer)
+    return np.issubdtype(observation_space[CANDIDATE_ITEMS].dtype, np.integer)
 
 
 def build_scorer(

@@ -60,6 +60,7 @@ from torch.nn import functional as F
 
 from agents.policies import ScorerDQNPolicy, ScorerQNetwork, as_scorer_input, build_scorer
 from recsim_mm.choice import MultinomialLogit
+from recsim_mm.observation import CANDIDATE_ITEMS, HISTORY_FEEDBACK, HISTORY_ITEMS
 from recsim_mm.scorer import Scorer
 
 #: Above this many unordered slates, `best_slates` switches from exact enumeration to greedy.
@@ -183,16 +184,16 @@ def clicked_slot(next_obs: dict[str, torch.Tensor], obs: dict[str, torch.Tensor]
     Returns:
         ``(B,)`` int64 slot in ``[0, S)``, or -1 where nothing was clicked.
     """
-    clicked = next_obs["history_feedback"][:, -1, 0] > 0.5
-    candidates = obs["candidate_items"]
+    clicked = next_obs[HISTORY_FEEDBACK][:, -1, 0] > 0.5
+    candidates = obs[CANDIDATE_ITEMS]
     if ids_mode:
         shown = candidates.long().gather(1, slates)  # (B, S) item rows
-        newest = next_obs["history_items"][:, -1].long().unsqueeze(1)
+        newest = next_obs[HISTORY_ITEMS][:, -1].long().unsqueeze(1)
         slot = (shown == newest).to(torch.int8).argmax(dim=1)
     else:
         index = slates.unsqueeze(-1).expand(-1, -1, candidates.shape[-1])
         shown = candidates.gather(1, index)  # (B, S, d)
-        newest = next_obs["history_items"][:, -1].unsqueeze(1)
+        newest = next_obs[HISTORY_ITEMS][:, -1].unsqueeze(1)
         slot = (shown - newest).square().sum(-1).argmin(dim=1)
     return torch.where(clicked, slot, -1)
 

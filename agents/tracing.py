@@ -16,6 +16,7 @@ import torch
 
 from envs.vector_env import RecVectorEnv
 from recsim_mm.item_space import ItemSpace
+from recsim_mm.observation import TIME_LEFT
 
 
 def topic_centres(item_space: ItemSpace) -> torch.Tensor | None:
@@ -65,7 +66,7 @@ def trace_hidden_state(policy: Any, env_options: dict[str, Any], item_space: Ite
         actions, _ = policy.predict(obs, deterministic=True)
         first = np.asarray(actions).reshape(users, -1)[:, 0]
         nan = np.where(alive, 1.0, np.nan)
-        rows["time_left"].append(obs["time_left"][:, 0] * nan)
+        rows["time_left"].append(obs[TIME_LEFT][:, 0] * nan)
         rows["affinity"].append(info["candidate_affinity"][np.arange(users), first] * nan)
         for key, value in model.hidden_state().items():
             rows.setdefault(f"hidden:{key}", []).append(value.cpu().numpy().astype(np.float64) * nan)

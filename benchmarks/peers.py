@@ -13,6 +13,13 @@ machine's load hits all of them alike:
 - ``vec1024`` / ``vec16384``: ``gymnasium.make_vec(..., num_envs=N,
   vectorization_mode="vector_entry_point")`` with default options, user-steps/s.
 - ``ids16384``: the same with ``obs_mode="ids", track_truth=False``, user-steps/s.
+- ``lean16384`` (not in the default set): default options but ``copy=False`` (zero-copy
+  observations) and ``info_keys=[]`` (no info, so no true affinities), user-steps/s:
+  what the options documented in docs/environments.md buy.
+
+``--baseline DIR`` also measures every recsim-mm figure with the code in ``DIR`` (a
+checkout of an earlier commit, e.g. ``git worktree add /tmp/base <commit>``) in the
+same rounds, right before the current code's: a before/after comparison in one run.
 
 Every figure is printed with its ratio to RecSim's in the same round. The peers
 need a separate environment (``make bench-peers`` builds ``.venv-peers``): RecSim
@@ -24,7 +31,7 @@ the rest still runs. Peers are never a dependency of recsim-mm or of its tests.
 Usage::
 
     .venv-peers/bin/python benchmarks/peers.py [--seconds 5] [--rounds 2] [--threads 1]
-        [--only recsim single ...]
+        [--only recsim single ...] [--baseline /tmp/base]
 
 recsim-mm runs with one torch thread by default: on a shared 2-core machine torch's
 two intra-op threads stall behind other processes at every parallel op (measured:
@@ -47,7 +54,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 K = 20
-MEASURES = ("recsim", "recogym", "single", "vec1024", "vec16384", "ids16384")
+MEASURES = ("recsim", "recogym", "single", "vec1024", "vec16384", "ids16384", "lean16384")
+DEFAULT_MEASURES = MEASURES[:-1]
+PEERS = ("recsim", "recogym")
 UNITS = {"recsim": "steps/s", "recogym": "steps/s", "single": "steps/s"}
 
 
@@ -172,17 +181,20 @@ def run_one(name: str, seconds: float) -> float:
         return measure_vector(seconds, 16384)
     if name == "ids16384":
         return measure_vector(seconds, 16384, obs_mode="ids", track_truth=False)
+    if name == "lean16384":
+        return measure_vector(seconds, 16384, copy=False, info_keys=[])
     raise ValueError(f"unknown measurement {name!r}; expected one of {MEASURES}")
 
 
-def _child(name: str, seconds: float, threads: int | None) -> dict[str, object]:
-    """Run one measurement in a fresh interpreter; ``{"rate": float}`` or ``{"error": str}``."""
-    cmd = [sys.executable, __file__, "--child", name, "--seconds", str(seconds)]
+def _child(name: str, seconds: float, threads: int | None, root: Path = ROOT) -> dict[str, object]:
+    """Run one measurement in a fresh interpreter on the code in ``root``;
+    ``{"rate": float}`` or ``{"error": str}``."""
+    cmd = [sys.executable, str(root / "benchmarks" / "peers.py"), "--child", name, "--seconds", str(seconds)]
     if threads:
         cmd += ["--threads", str(threads)]
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "TF_CPP_MIN_LOG_LEVEL": "3", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("{"):
             return json.loads(line)
@@ -198,7 +210,11 @@ def main() -> None:
         "--threads", type=int, default=1,
         help="torch threads for recsim-mm (default 1, see docs/design_notes.md; 0: torch's default)",
     )
-    parser.add_argument("--only", nargs="+", choices=MEASURES, default=list(MEASURES))
+    parser.add_argument("--only", nargs="+", choices=MEASURES, default=list(DEFAULT_MEASURES))
+    parser.add_argument(
+        "--baseline", type=Path, default=None,
+        help="a checkout of earlier code: its recsim-mm figures are measured in the same rounds (before/after)",
+    )
     parser.add_argument("--child", choices=MEASURES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -216,7 +232,10 @@ def main() -> None:
     threads = args.threads or "torch's default"
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {load} at start; "
           f"{args.seconds:g} s per figure, {args.rounds} interleaved round(s), recsim-mm torch threads: {threads}")
+    if args.baseline is not None and not (args.baseline / "benchmarks" / "peers.py").is_file():
+        raise SystemExit(f"--baseline {args.baseline}: no benchmarks/peers.py there (expected a recsim-mm checkout)")
     results: dict[str, list[float]] = {name: [] for name in args.only}
+    before: dict[str, list[float]] = {name: [] for name in args.only}
     errors: dict[str, str] = {}
     ratios: dict[str, list[float]] = {name: [] for name in args.only}
     for round_ in range(args.rounds):
@@ -224,6 +243,13 @@ def main() -> None:
         for name in args.only:
             if name in errors:
                 continue
+            if args.baseline is not None and name not in PEERS:
+                old = _child(name, args.seconds, args.threads, args.baseline.resolve())
+                if "rate" in old:
+                    before[name].append(float(old["rate"]))  # type: ignore[arg-type]
+                    print(f"  round {round_ + 1}: {name:9s} {before[name][-1]:14,.0f} (baseline)", flush=True)
+                else:
+                    print(f"  round {round_ + 1}: {name:9s} baseline unavailable: {old['error']}", flush=True)
             out = _child(name, args.seconds, args.threads)
             if "error" in out:
                 errors[name] = str(out["error"])
@@ -245,6 +271,7 @@ def main() -> None:
         "vec1024": "recsim-mm make_vec 1,024 (default options)",
         "vec16384": "recsim-mm make_vec 16,384 (default options)",
         "ids16384": "recsim-mm make_vec 16,384 (ids, track_truth=False)",
+        "lean16384": "recsim-mm make_vec 16,384 (copy=False, info_keys=[])",
     }
     for name in args.only:
         if name in errors:
@@ -252,6 +279,9 @@ def main() -> None:
             continue
         rate = statistics.median(results[name])
         ratio = f"{statistics.median(ratios[name]):8.2f}x RecSim" if ratios[name] else ""
+        if before[name]:
+            old = statistics.median(before[name])
+            ratio += f"   baseline {old:,.0f} ({rate / old:.2f}x)"
         print(f"  {labels[name]:52s} {rate:14,.0f} {UNITS.get(name, 'user-steps/s'):13s} {ratio}")
 
 

@@ -19,6 +19,14 @@ from gymnasium import spaces
 
 from recsim_mm.device import resolve_device
 from recsim_mm.item_space import ItemSpace
+from recsim_mm.observation import (
+    CANDIDATE_ITEMS,
+    HISTORY_FEEDBACK,
+    HISTORY_ITEMS,
+    HISTORY_MASK,
+    TIME_LEFT,
+    USER_FEATURES,
+)
 from recsim_mm.simulator import Simulator
 from recsim_mm.users import UserModel, resolve_user_model
 
@@ -131,14 +139,14 @@ def observation_space(sim: Simulator) -> spaces.Dict:
         candidates = spaces.Box(0, n - 1, (k,), np.int64)
     feedback_high = np.broadcast_to(np.array([1.0, sim.users.max_engagement()], np.float32), (h, 2))
     obs = {
-        "history_items": history,
-        "history_feedback": spaces.Box(np.zeros((h, 2), np.float32), feedback_high.copy(), dtype=np.float32),
-        "history_mask": spaces.Box(0.0, 1.0, (h,), np.float32),
-        "candidate_items": candidates,
-        "time_left": spaces.Box(0.0, sim.users.max_time_left(), (1,), np.float32),
+        HISTORY_ITEMS: history,
+        HISTORY_FEEDBACK: spaces.Box(np.zeros((h, 2), np.float32), feedback_high.copy(), dtype=np.float32),
+        HISTORY_MASK: spaces.Box(0.0, 1.0, (h,), np.float32),
+        CANDIDATE_ITEMS: candidates,
+        TIME_LEFT: spaces.Box(0.0, sim.users.max_time_left(), (1,), np.float32),
     }
     if sim.num_features:
-        obs["user_features"] = spaces.Box(-np.inf, np.inf, (sim.num_features,), np.float32)
+        obs[USER_FEATURES] = spaces.Box(-np.inf, np.inf, (sim.num_features,), np.float32)
     return spaces.Dict(obs)
 
 
@@ -325,7 +333,7 @@ class RecEnv(gym.Env):
         self.action_space = action_space(self.simulator)
         self._num_candidates = self.simulator.num_candidates
         self._slate_size = self.simulator.slate_size
-        self._action = torch.zeros(1, self._slate_size, dtype=torch.long, device=self.simulator.device)
+        self._on_cpu = self.simulator.device.type == "cpu"
         self._needs_reset = True
         self._seeded = False
         self._last: dict[str, Any] = {}
@@ -340,10 +348,11 @@ class RecEnv(gym.Env):
             # Unseeded first reset: draw the core's seed from Gymnasium's np_random.
             seed = int(self.np_random.integers(2**62))
         self._seeded = True
-        self.simulator.reset(seed)
+        self.simulator.reset(seed, observe=False)
         self._needs_reset = False
         self._last = {}
-        return self._observation(), self._reset_info()
+        obs = self._observation()  # first: see step
+        return obs, self._reset_info()
 
     def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         if self._needs_reset:
@@ -352,8 +361,10 @@ class RecEnv(gym.Env):
                 "call reset() first"
             )
         positions = check_actions(action, self._num_candidates, self._slate_size, batch=None)
-        self._action.copy_(torch.from_numpy(positions))
-        out = self.simulator.step(self._action)
+        out = self.simulator.step(torch.from_numpy(positions) if self._on_cpu else torch.from_numpy(positions).to(self.simulator.device))
+        # The observation first: in embeddings mode the true affinities of the new
+        # candidates are computed from the vectors it gathers (`_reset_info` reads them).
+        obs = self._observation()
         # One host read per scalar (no stacking op); the affinity tensor is fresh each
         # step and never written again by the core, so its row is handed out as is.
         reward = out.reward.item()
@@ -365,10 +376,10 @@ class RecEnv(gym.Env):
             "clicked_item": out.clicked_item.item(),
         }
         if self.simulator.track_truth:
-            info["true_affinity"] = out.true_affinity[0].cpu().numpy()
+            info["true_affinity"] = out.true_affinity.cpu().numpy()[0]
         info.update(self._reset_info())
         self._last = {"action": positions[0].tolist(), "reward": reward, **info}
-        return self._observation(), reward, terminated, truncated, info
+        return obs, reward, terminated, truncated, info
 
     def _observation(self) -> dict[str, np.ndarray]:
         # Fresh (1, ...) arrays, each written once; row 0 of each is the observation.
@@ -378,9 +389,9 @@ class RecEnv(gym.Env):
         info: dict[str, Any] = {}
         sim = self.simulator
         if sim.track_truth:
-            info["candidate_affinity"] = sim.candidate_affinity[0].cpu().numpy().copy()
+            info["candidate_affinity"] = sim.candidate_affinity.cpu().numpy()[0].copy()
         for key, value in sim.users.hidden_state().items():
-            info[key] = float(value[0])
+            info[key] = value.item()
         return info
 
     def render(self) -> str | None:

@@ -7,6 +7,7 @@ user-step is a few vectorised tensor operations. Created by
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -49,14 +50,18 @@ class RecVectorEnv(VectorEnv):
     Arrays with a leading ``B``: ``click``, ``engagement``, ``clicked_item``,
     ``true_affinity`` ``(B, K)``, ``candidate_affinity`` ``(B, K)``,
     ``modality_weight``; each key ``k`` has a mask ``_k`` (False for rows that were
-    reset this step under ``NEXT_STEP``, which have no step result).
+    reset this step under ``NEXT_STEP``, which have no step result). ``info_keys``
+    builds only the named keys (the affinities, the costliest entries, are then
+    computed only if asked for or needed by the observation).
 
     ## Arguments
     ``num_envs`` (``B``), ``autoreset_mode``, ``copy`` (default True: observations are
-    fresh arrays the caller may keep, each written once per step; False: zero-copy
-    views of the simulator's buffers, overwritten by the next ``step``/``reset``,
-    which saves allocating ``B x (H + K) x d`` floats per step; see
-    docs/environments.md), ``render_mode`` (None only), and
+    arrays the caller may keep, each written once per step, whose memory is reused
+    only once the caller holds no reference to it (`recsim_mm.simulator.FreshArrays`);
+    False: zero-copy views of the simulator's buffers, overwritten by the next
+    ``step``/``reset``; see docs/environments.md), ``info_keys`` (default None: every key above; a list:
+    only those, e.g. ``[]`` for an empty info; an unknown key, or an affinity
+    without ``track_truth``, raises `ValueError`), ``render_mode`` (None only), and
     every `RecEnvOptions` field (``device`` defaults to ``"auto"`` here).
     """
 
@@ -66,6 +71,7 @@ class RecVectorEnv(VectorEnv):
         *,
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
         copy: bool = True,
+        info_keys: Sequence[str] | None = None,
         render_mode: str | None = None,
         **options: Any,
     ) -> None:
@@ -96,6 +102,25 @@ class RecVectorEnv(VectorEnv):
         self._needs_reset = True
         self._seeded = False
         self._all_valid = np.ones(num_envs, dtype=bool)
+        self.info_keys = self._check_info_keys(info_keys)
+        if not {"true_affinity", "candidate_affinity"} & set(self.info_keys):
+            sim.track_truth = False  # nothing reads the affinities: the core skips them
+
+    def _check_info_keys(self, info_keys: Sequence[str] | None) -> tuple[str, ...]:
+        """The info keys to build: all available ones for None, else the named ones (validated)."""
+        sim = self.simulator
+        truth = ("true_affinity", "candidate_affinity")
+        available = ("click", "engagement", "clicked_item", *truth, *sim.users.hidden_state())
+        if info_keys is None:
+            return tuple(key for key in available if sim.track_truth or key not in truth)
+        if isinstance(info_keys, str) or not all(isinstance(key, str) for key in info_keys):
+            raise ValueError(f"info_keys={info_keys!r} must be a list of key names; valid: {list(available)}")
+        for key in info_keys:
+            if key not in available:
+                raise ValueError(f"unknown info key {key!r} in info_keys; valid: {list(available)}")
+            if key in truth and not sim.track_truth:
+                raise ValueError(f"info key {key!r} needs track_truth=True")
+        return tuple(dict.fromkeys(info_keys))
 
     @property
     def autoreset_mode(self) -> AutoresetMode:
@@ -122,7 +147,7 @@ class RecVectorEnv(VectorEnv):
             seed = int(self.np_random.integers(2**62))
         if mask is None:
             self._seeded = True
-            sim.reset(seed)
+            sim.reset(seed, observe=False)
             self._autoreset[:] = False
         else:
             mask = np.asarray(mask)
@@ -131,7 +156,7 @@ class RecVectorEnv(VectorEnv):
             if self._needs_reset:
                 raise RuntimeError("reset(options={'reset_mask': ...}) needs a full reset() first")
             if seed is not None:
-                sim.generator.manual_seed(int(seed))
+                sim.seed(int(seed), clear_candidates=False)  # other rows go on
             sim.reset_rows(torch.from_numpy(mask).to(sim.device))
             self._autoreset[mask] = False
         self._needs_reset = False
@@ -155,12 +180,15 @@ class RecVectorEnv(VectorEnv):
         reward = out.reward.cpu().numpy().astype(np.float64)
         terminated = out.terminated.cpu().numpy()
         truncated = out.truncated.cpu().numpy()
-        info: dict[str, Any] = {
-            "click": out.click.cpu().numpy(),
-            "engagement": out.engagement.cpu().numpy().copy(),
-            "clicked_item": out.clicked_item.cpu().numpy(),
-        }
-        if sim.track_truth:
+        keys = self.info_keys
+        info: dict[str, Any] = {}
+        if "click" in keys:
+            info["click"] = out.click.cpu().numpy()
+        if "engagement" in keys:
+            info["engagement"] = out.engagement.cpu().numpy().copy()
+        if "clicked_item" in keys:
+            info["clicked_item"] = out.clicked_item.cpu().numpy()
+        if "true_affinity" in keys:
             # A fresh tensor per step that the core never writes again: no copy.
             info["true_affinity"] = out.true_affinity.cpu().numpy()
         valid = self._all_valid
@@ -173,7 +201,8 @@ class RecVectorEnv(VectorEnv):
                 truncated[restart] = False
                 valid = ~restart
                 for key in ("click", "engagement", "clicked_item"):
-                    info[key][restart] = 0 if key != "clicked_item" else -1
+                    if key in info:
+                        info[key][restart] = 0 if key != "clicked_item" else -1
                 if "true_affinity" in info:
                     info["true_affinity"][restart] = 0.0
             self._autoreset = terminated | truncated
@@ -204,11 +233,12 @@ class RecVectorEnv(VectorEnv):
 
     def _state_info(self, info: dict[str, Any], valid: np.ndarray) -> dict[str, Any]:
         """Add the current candidates' affinities and hidden state, then ``_key`` masks."""
-        sim = self.simulator
-        if sim.track_truth:
+        sim, keys = self.simulator, self.info_keys
+        if "candidate_affinity" in keys:
             info["candidate_affinity"] = sim.candidate_affinity.cpu().numpy().copy()
         for key, value in sim.users.hidden_state().items():
-            info[key] = value.cpu().numpy().copy()
+            if key in keys:
+                info[key] = value.cpu().numpy().copy()
         for key in list(info):
             if not key.startswith("_") and key not in ("final_obs", "final_info"):
                 info[f"_{key}"] = valid if key in ("click", "engagement", "clicked_item", "true_affinity") else self._all_valid

@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -96,6 +96,49 @@ class CandidateConfig:
             if key not in valid:
                 raise ValueError(f"unknown candidates option {key!r}; valid options: {valid}")
         return cls(**options)
+
+
+@runtime_checkable
+class CandidateSource(Protocol):
+    """What the simulator draws candidates from (`CandidateGenerator`, or an ecosystem's
+    creators' offers); pass one as ``Simulator(candidate_source=...)`` or
+    `recsim_mm.simulator.Simulator.set_candidate_source`.
+
+    Attributes:
+        reads_state: whether `sample` needs the users' observed history.
+    """
+
+    @property
+    def reads_state(self) -> bool: ...
+
+    def clear(self) -> None:
+        """Forget everything drawn from the generator so far (it is being re-seeded)."""
+
+    def clear_rows(self, rows: torch.Tensor) -> None:
+        """Forget per-user state of ``rows`` ``(R,)`` int64 (fresh users there)."""
+
+    def record(self, items: torch.Tensor, consumed: torch.Tensor) -> None:
+        """Note the ``(B,)`` items shown, ``consumed`` ``(B,)`` bool where clicked."""
+
+    def sample(
+        self,
+        rows: torch.Tensor | None,
+        num_rows: int,
+        history_items: torch.Tensor | None,
+        history_clicked: torch.Tensor | None,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """``(R, K)`` int64 candidate item rows (see `CandidateGenerator.sample`)."""
+
+
+def check_candidate_source(source: object) -> None:
+    """Raise `TypeError` naming what ``source`` lacks of the `CandidateSource` interface."""
+    missing = [name for name in ("reads_state", "clear", "clear_rows", "record", "sample") if not hasattr(source, name)]
+    if missing:
+        raise TypeError(
+            f"candidate source {type(source).__name__} lacks {missing} of the CandidateSource interface "
+            "(reads_state, clear, clear_rows, record, sample)"
+        )
 
 
 _POOLS: dict[tuple[int, int, str], torch.Tensor] = {}

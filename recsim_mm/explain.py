@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from recsim_mm.observation import CANDIDATE_ITEMS, HISTORY_ITEMS, HISTORY_MASK
 from recsim_mm.scorer import Scorer
 
 
@@ -84,8 +85,8 @@ def _as_vectors(scorer: Scorer, obs: dict, key: str) -> torch.Tensor:
     if scorer.item_table is None:
         raise ValueError(f"obs[{key!r}] holds item ids but the scorer has no item table to explain them with")
     vectors = scorer.item_table[value.long()].float()
-    if key == "history_items":
-        vectors = vectors * torch.as_tensor(obs["history_mask"]).to(vectors.device).float().unsqueeze(-1)
+    if key == HISTORY_ITEMS:
+        vectors = vectors * torch.as_tensor(obs[HISTORY_MASK]).to(vectors.device).float().unsqueeze(-1)
     return vectors
 
 
@@ -125,19 +126,19 @@ def explain(scorer: Scorer, obs: dict, steps: int = 32, baseline: torch.Tensor |
     if baseline.shape != (d,):
         raise ValueError(f"explain: baseline must be one item vector of shape ({d},); got {tuple(baseline.shape)}")
     baseline = baseline.to(device)
-    candidates = _as_vectors(scorer, obs, "candidate_items").to(device)  # (B, K, d)
-    history = _as_vectors(scorer, obs, "history_items").to(device)  # (B, H, d)
+    candidates = _as_vectors(scorer, obs, CANDIDATE_ITEMS).to(device)  # (B, K, d)
+    history = _as_vectors(scorer, obs, HISTORY_ITEMS).to(device)  # (B, H, d)
     b, k, _ = candidates.shape
     h = history.shape[1]
     rest = {key: torch.as_tensor(value).to(device).float() for key, value in obs.items()
-            if key not in ("candidate_items", "history_items")}
+            if key not in (CANDIDATE_ITEMS, HISTORY_ITEMS)}
     # one row per (user, candidate): (B*K, 1, d) candidate, (B*K, H, d) history
     rows_candidate = candidates.reshape(b * k, 1, d)
     rows_history = history.repeat_interleave(k, dim=0)
     rows_rest = {key: value.repeat_interleave(k, dim=0) for key, value in rest.items()}
 
     def output(candidate: torch.Tensor, past: torch.Tensor, rows: slice) -> torch.Tensor:
-        batch = {"candidate_items": candidate, "history_items": past,
+        batch = {CANDIDATE_ITEMS: candidate, HISTORY_ITEMS: past,
                  **{key: value[rows] for key, value in rows_rest.items()}}
         if head == "click":
             return scorer(batch)[:, 0]
@@ -227,7 +228,7 @@ def modality_check(scorer: Scorer, policy, env, seed: int, warmup_steps: int = 6
     weight = getattr(env.simulator.users, "modality_weight", None)
     if weight is None:
         raise ValueError(f"modality_check: user model {type(env.simulator.users).__name__} has no modality_weight")
-    rows = np.flatnonzero(np.asarray(obs["history_mask"]).sum(1) >= min_history)
+    rows = np.flatnonzero(np.asarray(obs[HISTORY_MASK]).sum(1) >= min_history)
     if len(rows) < 3:
         raise ValueError(f"modality_check: only {len(rows)} users have {min_history}+ past steps; "
                          "raise warmup_steps or the number of users")

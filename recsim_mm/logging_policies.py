@@ -16,6 +16,13 @@ import numpy as np
 import torch
 
 from recsim_mm.logs import InteractionLog
+from recsim_mm.observation import (
+    CANDIDATE_ITEMS,
+    HISTORY_FEEDBACK,
+    HISTORY_ITEMS,
+    HISTORY_MASK,
+    TIME_LEFT,
+)
 from recsim_mm.sampling import gumbel_top_k, plackett_luce_log_prob
 
 # -- logging policies ------------------------------------------------------------------------
@@ -220,7 +227,7 @@ def collect(
         for _ in range(steps):
             if not bool(active.any()):
                 break
-            candidates = obs["candidate_items"].clone()
+            candidates = obs[CANDIDATE_ITEMS].clone()
             truth = simulator.candidate_affinity.clone() if simulator.track_truth else None
             shown, propensity = policy.sample(
                 candidates, truth if policy.uses_true_affinity else None, s, generator
@@ -229,11 +236,11 @@ def collect(
             record = {
                 "user": (rows + first_user).cpu().numpy(),
                 "step": simulator.steps[rows].cpu().numpy().astype(np.int64),
-                "history_items": obs["history_items"][rows].cpu().numpy(),
-                "history_feedback": obs["history_feedback"][rows].cpu().numpy(),
-                "history_mask": obs["history_mask"][rows].cpu().numpy(),
-                "time_left": obs["time_left"][rows, 0].cpu().numpy(),
-                "candidate_items": candidates[rows].cpu().numpy(),
+                HISTORY_ITEMS: obs[HISTORY_ITEMS][rows].cpu().numpy(),
+                HISTORY_FEEDBACK: obs[HISTORY_FEEDBACK][rows].cpu().numpy(),
+                HISTORY_MASK: obs[HISTORY_MASK][rows].cpu().numpy(),
+                TIME_LEFT: obs[TIME_LEFT][rows, 0].cpu().numpy(),
+                CANDIDATE_ITEMS: candidates[rows].cpu().numpy(),
                 "shown": shown[rows].cpu().numpy(),
                 "propensity": propensity[rows].cpu().numpy(),
             }

@@ -47,6 +47,13 @@ import numpy as np
 import torch
 
 from recsim_mm.files import atomic_write
+from recsim_mm.observation import (
+    CANDIDATE_ITEMS,
+    HISTORY_FEEDBACK,
+    HISTORY_ITEMS,
+    HISTORY_MASK,
+    TIME_LEFT,
+)
 
 LOG_FORMAT = "recsim_mm.InteractionLog/1"
 REQUIRED_COLUMNS = (
@@ -134,12 +141,12 @@ class InteractionLog:
         s = self.shown.shape[1]
         expected = {
             "step": (m,),
-            "history_feedback": (m, h, 2),
-            "history_mask": (m, h),
+            HISTORY_FEEDBACK: (m, h, 2),
+            HISTORY_MASK: (m, h),
             "clicked_slot": (m,),
             "engagement": (m,),
             "propensity": (m,),
-            "time_left": (m,),
+            TIME_LEFT: (m,),
             "true_affinity": (m, k),
         }
         for name, shape in expected.items():
@@ -154,7 +161,7 @@ class InteractionLog:
                     f"{source}: {name} has a NaN or infinite value in record {record} "
                     f"(user {str(self.user_id[record])!r}, step {int(self.step[record])})"
                 )
-        for name, value in (("history_items", self.history_items), ("candidate_items", self.candidate_items)):
+        for name, value in ((HISTORY_ITEMS, self.history_items), (CANDIDATE_ITEMS, self.candidate_items)):
             if value.size and (value.min() < 0 or value.max() >= n):
                 raise ValueError(f"{source}: {name} has item rows outside [0, {n - 1}]")
         if (self.shown < 0).any() or (self.shown >= k).any():
@@ -291,13 +298,13 @@ class InteractionLog:
         elif candidates != "all":
             raise ValueError(f"candidates={candidates!r}; expected 'all' or 'shown'")
         obs = {
-            "history_items": torch.as_tensor(self.history_items[sel], dtype=torch.long),
-            "history_feedback": torch.as_tensor(self.history_feedback[sel], dtype=torch.float32),
-            "history_mask": torch.as_tensor(self.history_mask[sel], dtype=torch.float32),
-            "candidate_items": torch.as_tensor(cand, dtype=torch.long),
+            HISTORY_ITEMS: torch.as_tensor(self.history_items[sel], dtype=torch.long),
+            HISTORY_FEEDBACK: torch.as_tensor(self.history_feedback[sel], dtype=torch.float32),
+            HISTORY_MASK: torch.as_tensor(self.history_mask[sel], dtype=torch.float32),
+            CANDIDATE_ITEMS: torch.as_tensor(cand, dtype=torch.long),
         }
         if self.time_left is not None:
-            obs["time_left"] = torch.as_tensor(self.time_left[sel], dtype=torch.float32).reshape(-1, 1)
+            obs[TIME_LEFT] = torch.as_tensor(self.time_left[sel], dtype=torch.float32).reshape(-1, 1)
         return {k: v.to(device) for k, v in obs.items()}
 
     # -- files ---------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from recsim_mm.files import atomic_torch_save
 from recsim_mm.item_space import ItemSpace
 from recsim_mm.logs import InteractionLog
 from recsim_mm.metrics import auc, log_loss, ndcg_at_k, recall_at_k, top_k_relevant
+from recsim_mm.observation import CANDIDATE_ITEMS
 from recsim_mm.scorer import Scorer, ScorerConfig
 
 CHECKPOINT_FORMAT = "recsim_mm.Ranker/1"
@@ -521,7 +522,7 @@ def evaluate_ranker(ranker: Ranker, log: InteractionLog, k: int = 5) -> dict[str
 def _as_batch(obs: dict, device: torch.device) -> tuple[dict[str, torch.Tensor], bool]:
     """Observation (single or batched; numpy or torch) -> batched tensors, and whether
     the input was a single observation."""
-    cand = obs["candidate_items"]
+    cand = obs[CANDIDATE_ITEMS]
     ids_mode = not np.issubdtype(np.asarray(cand).dtype, np.floating) if not isinstance(
         cand, torch.Tensor) else not cand.is_floating_point()
     single = np.ndim(cand) == (1 if ids_mode else 2)

@@ -47,10 +47,19 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from recsim_mm.observation import (
+    CANDIDATE_ITEMS,
+    HISTORY_FEEDBACK,
+    HISTORY_ITEMS,
+    HISTORY_MASK,
+    TIME_LEFT,
+    USER_FEATURES,
+)
+
 USER_ENCODERS = ("attention", "gru")
 FUSIONS = ("gated", "cross_attention")
 MODALITIES = ("fused", "text", "image", "id")
-REQUIRED_KEYS = ("history_items", "history_feedback", "history_mask", "candidate_items")
+REQUIRED_KEYS = (HISTORY_ITEMS, HISTORY_FEEDBACK, HISTORY_MASK, CANDIDATE_ITEMS)
 
 
 @dataclass(frozen=True)
@@ -553,8 +562,8 @@ class Scorer(nn.Module):
         missing = [k for k in REQUIRED_KEYS if k not in obs]
         if self.config.use_time_left and "time_left" not in obs:
             missing.append("time_left")
-        if self.config.user_features_dim and "user_features" not in obs:
-            missing.append("user_features")
+        if self.config.user_features_dim and USER_FEATURES not in obs:
+            missing.append(USER_FEATURES)
         if missing:
             raise KeyError(f"observation is missing key(s) {missing}; got {sorted(obs)}")
 
@@ -621,12 +630,12 @@ class Scorer(nn.Module):
         is a per-item function: same values, a fraction of the work: a PPO minibatch of
         512 users x 30 items vs a 600-item catalog is 25x less); otherwise per row.
         """
-        history, candidates = obs["history_items"], obs["candidate_items"]
+        history, candidates = obs[HISTORY_ITEMS], obs[CANDIDATE_ITEMS]
         ids_mode = not history.is_floating_point() and not candidates.is_floating_point()
         if ids_mode and self.item_table is not None and (
             not torch.is_grad_enabled() or history.numel() + candidates.numel() > self.item_table.shape[0]
         ):
-            for key, value in (("history_items", history), ("candidate_items", candidates)):
+            for key, value in ((HISTORY_ITEMS, history), (CANDIDATE_ITEMS, candidates)):
                 if value.ndim != 2:
                     raise ValueError(
                         f"obs[{key!r}] in ids mode must have 2 dims (batched item rows); "
@@ -636,15 +645,15 @@ class Scorer(nn.Module):
             candidates = candidates.long()
             return [F.embedding(candidates, t) for t in item_tables], F.embedding(history.long(), history_table)
         return (
-            list(self._item_terms(self._vectors(obs, "candidate_items", 2), heads, history_part=False)),
-            self.user_encoder.item_part(self.item_tower(self._vectors(obs, "history_items", 2))),
+            list(self._item_terms(self._vectors(obs, CANDIDATE_ITEMS, 2), heads, history_part=False)),
+            self.user_encoder.item_part(self.item_tower(self._vectors(obs, HISTORY_ITEMS, 2))),
         )
 
     def _user_inputs(self, obs: dict[str, torch.Tensor], length: int) -> tuple:
         """Checked ``feedback (B, H, 2)``, ``mask (B, H)``, ``time_left``, ``user_features``."""
-        feedback = obs["history_feedback"].float()
-        mask = obs["history_mask"].float()
-        batch = obs["history_items"].shape[0]
+        feedback = obs[HISTORY_FEEDBACK].float()
+        mask = obs[HISTORY_MASK].float()
+        batch = obs[HISTORY_ITEMS].shape[0]
         if feedback.shape != (batch, length, 2) or mask.shape != (batch, length):
             raise ValueError(
                 f"history shapes disagree: history_items gives (B, H)={(batch, length)}, "
@@ -655,10 +664,10 @@ class Scorer(nn.Module):
             raise ValueError(
                 f"history length H={length} exceeds ScorerConfig.max_history={self.config.max_history}"
             )
-        time_left = obs["time_left"].float().reshape(-1, 1) if self.config.use_time_left else None
+        time_left = obs[TIME_LEFT].float().reshape(-1, 1) if self.config.use_time_left else None
         features = None
         if self.config.user_features_dim:
-            features = obs["user_features"].float()
+            features = obs[USER_FEATURES].float()
             if features.shape[-1] != self.config.user_features_dim:
                 raise ValueError(
                     f"obs['user_features'] has width {features.shape[-1]}; the scorer was "
@@ -690,10 +699,10 @@ class Scorer(nn.Module):
         match_hidden = None
         if self.history_match is not None:
             match_hidden = self.history_match.hidden(self.history_match.statistics(
-                self._vectors(obs, "candidate_items", 2),
-                self._vectors(obs, "history_items", 2),
-                obs["history_feedback"].float(),
-                obs["history_mask"].float(),
+                self._vectors(obs, CANDIDATE_ITEMS, 2),
+                self._vectors(obs, HISTORY_ITEMS, 2),
+                obs[HISTORY_FEEDBACK].float(),
+                obs[HISTORY_MASK].float(),
             ))
             pair = torch.cat([user_x_items, match_hidden], dim=-1)  # (B, K, 2h)
         else:
@@ -722,19 +731,19 @@ class Scorer(nn.Module):
         applies the heads' first layer term by term, see the comment above `_heads`).
         """
         self._check(obs)
-        items = self.item_tower(self._vectors(obs, "candidate_items", 2))
+        items = self.item_tower(self._vectors(obs, CANDIDATE_ITEMS, 2))
         user = self.user_encoder(
-            self.item_tower(self._vectors(obs, "history_items", 2)),
-            *self._user_inputs(obs, obs["history_mask"].shape[1]),
+            self.item_tower(self._vectors(obs, HISTORY_ITEMS, 2)),
+            *self._user_inputs(obs, obs[HISTORY_MASK].shape[1]),
         )
         expanded = user.unsqueeze(1).expand_as(items)
         parts = [expanded, items, expanded * items]
         if self.history_match is not None:
             parts.append(self.history_match(
-                self._vectors(obs, "candidate_items", 2),
-                self._vectors(obs, "history_items", 2),
-                obs["history_feedback"].float(),
-                obs["history_mask"].float(),
+                self._vectors(obs, CANDIDATE_ITEMS, 2),
+                self._vectors(obs, HISTORY_ITEMS, 2),
+                obs[HISTORY_FEEDBACK].float(),
+                obs[HISTORY_MASK].float(),
             ))
         return torch.cat(parts, dim=-1)
 

@@ -31,14 +31,30 @@ state stays small (the history holds ``(B, 2H)`` rows, not ``(B, 2H, d)`` vector
 
 from __future__ import annotations
 
+import inspect
+import sys
 from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from recsim_mm.candidates import CandidateConfig, CandidateGenerator
+from recsim_mm.candidates import (
+    CandidateConfig,
+    CandidateGenerator,
+    CandidateSource,
+    check_candidate_source,
+)
 from recsim_mm.item_space import ItemSpace
+from recsim_mm.observation import (
+    CANDIDATE_ITEMS,
+    HISTORY_FEEDBACK,
+    HISTORY_ITEMS,
+    HISTORY_MASK,
+    ITEM_KEYS,
+    TIME_LEFT,
+    USER_FEATURES,
+)
 from recsim_mm.users.base import UserModel, UserResponse
 
 OBS_MODES = ("embeddings", "ids")
@@ -46,6 +62,60 @@ REWARDS = ("engagement", "click")
 
 #: ``reward_fn(observation, slate_positions, response) -> (B,) float32``; see `Simulator`.
 RewardFn = Callable[[dict[str, torch.Tensor], torch.Tensor, UserResponse], torch.Tensor]
+
+
+#: Arrays per key that `FreshArrays` keeps for reuse (a loop holding the previous
+#: step's observation while the next one is built needs two; one spare).
+_POOL_SIZE = 3
+
+
+class FreshArrays:
+    """Output arrays for observations the caller may keep, without a page fault per step.
+
+    ``get(key, shape, dtype)`` returns an array nobody but this pool references: one of
+    the arrays it handed out earlier if the caller has dropped every reference to it
+    (its reference count shows only the pool's own; a kept array, a view of it, a
+    ``torch.from_numpy`` of it or a dict holding it all count as references), else a
+    new ``np.empty``. The caller then writes every element, so the array is as good as
+    fresh: what the caller still holds is never written again. A step of a large
+    vector env hands out about a hundred MB; a new allocation of that size is
+    page-faulted in by the kernel every step (mmap'd, zero-filled), which costs about
+    as much as writing the observation itself.
+
+    Args:
+        size: arrays kept per key; when all are held by the caller, new arrays are
+            allocated (and not kept).
+    """
+
+    def __init__(self, size: int = _POOL_SIZE) -> None:
+        self.size = size
+        self._arrays: dict[str, list[np.ndarray]] = {}
+        # The count of an array only a list holds, measured the way `get` measures it
+        # (interpreters differ in the temporary references a call adds).
+        probe = [np.empty(0)]
+        self._unreferenced = self._count(probe, 0)
+
+    @staticmethod
+    def _count(arrays: list[np.ndarray], i: int) -> int:
+        return sys.getrefcount(arrays[i])
+
+    def get(self, key: str, shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
+        """An uninitialised ``shape`` ``dtype`` array no one else references (see the class)."""
+        arrays = self._arrays.setdefault(key, [])
+        for i in range(len(arrays)):
+            # Any reference beyond the list's own is a holder.
+            if self._count(arrays, i) == self._unreferenced and arrays[i].shape == shape and arrays[i].dtype == dtype:
+                return arrays[i]
+        out = np.empty(shape, dtype)
+        if len(arrays) < self.size:
+            arrays.append(out)
+        return out
+
+    def copy(self, key: str, value: np.ndarray) -> np.ndarray:
+        """``value`` copied into an array from `get` (one write)."""
+        out = self.get(key, value.shape, value.dtype)
+        np.copyto(out, value)
+        return out
 
 
 class StepOutcome(NamedTuple):
@@ -89,9 +159,15 @@ class Simulator:
             ``reward_fn(observation, slate_positions, response) -> (B,) float32``,
             called with the observation the action was taken on (batched dict as
             above), ``slate_positions`` ``(B, S)`` int64 and the `UserResponse`.
-        track_truth: compute the candidates' true affinities every step (for
-            ``info``; costs a gather of ``(B, K, d)`` in ``ids`` mode).
-        seed: initial seed of the generator (`reset` can re-seed).
+        track_truth: keep the candidates' true affinities (`candidate_affinity`,
+            ``StepOutcome.true_affinity``, for ``info``), computed once per step when
+            first asked for (in ``embeddings`` mode from the candidate vectors the
+            observation gathers; in ``ids`` mode it costs a gather of ``(B, K, d)``).
+        seed: initial seed of the generator (`reset` and `seed` can re-seed).
+        candidate_source: where candidates come from instead of the
+            `CandidateGenerator` that ``candidates`` configures (an ecosystem's
+            creators, say); see `recsim_mm.candidates.CandidateSource`. It can also
+            be set later with `set_candidate_source`.
     """
 
     def __init__(
@@ -108,6 +184,7 @@ class Simulator:
         reward: str | RewardFn = "engagement",
         track_truth: bool = True,
         seed: int | None = None,
+        candidate_source: CandidateSource | None = None,
     ) -> None:
         if obs_mode not in OBS_MODES:
             raise ValueError(f"obs_mode={obs_mode!r} is not an observation mode; expected one of {OBS_MODES}")
@@ -138,9 +215,11 @@ class Simulator:
         d = self.item_space.dim
         self._fused = self.item_space.fused
         self.candidate_config = CandidateConfig.from_options(candidates)
-        self.candidate_generator = CandidateGenerator(
+        self.candidate_generator: CandidateSource = CandidateGenerator(
             self.item_space, k, b, self.candidate_config, max_consumed=max_steps
         )
+        if candidate_source is not None:
+            self.set_candidate_source(candidate_source)
         self.generator = torch.Generator(device=dev)
         self.generator.manual_seed(0 if seed is None else int(seed))
 
@@ -163,28 +242,67 @@ class Simulator:
         self._hist_vectors: torch.Tensor | None = None
         self._candidate_vectors: torch.Tensor | None = None
         self._vectors_current = False
-        # A new tensor per step (not a buffer): the previous step's one is handed out
-        # as `StepOutcome.true_affinity` and never written again.
-        self.candidate_affinity = torch.zeros(b, k, device=dev)
+        # True affinities of the current candidates: a new tensor each time they are
+        # computed (never written in place, so one handed out as
+        # `StepOutcome.true_affinity` stays as it was), computed lazily: at most once
+        # per step, when first asked for (`candidate_affinity`).
+        self._affinity = torch.zeros(b, k, device=dev)
+        self._affinity_current = True
+        self._affinity_takes_vectors = "fused" in inspect.signature(user_model.affinity).parameters
+        self._fresh = FreshArrays()
         self.steps = torch.zeros(b, dtype=torch.int32, device=dev)
         self._all_rows = torch.arange(b, device=dev)
         self._ones = torch.ones(b, device=dev)
         self._checked_user_outputs = False
         self._numpy: dict[str, np.ndarray] | None = None
+        self._history_np: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None
 
     # ------------------------------------------------------------------ reset
-    def reset(self, seed: int | None = None) -> dict[str, torch.Tensor]:
+    def reset(self, seed: int | None = None, *, observe: bool = True) -> dict[str, torch.Tensor] | None:
         """Start every row with a fresh user (re-seeding the generator if ``seed`` is given).
 
+        Args:
+            seed: re-seed the generator first (see `seed`); None continues the stream.
+            observe: return the observation; False returns None, for callers that
+                take it as numpy arrays (`observation_arrays`) and so skip building
+                the torch one.
+
         Returns:
-            The observation dict (see module docstring).
+            The observation dict (see module docstring), or None with ``observe=False``.
         """
         if seed is not None:
-            self.generator.manual_seed(int(seed))
-            self.candidate_generator.clear()
+            self.seed(seed)
         self._start = 0
         self.reset_rows(self._all_rows)
-        return self.observation()
+        return self.observation() if observe else None
+
+    def seed(self, seed: int, *, clear_candidates: bool = True) -> None:
+        """Re-seed the simulator's generator (the one source of its randomness).
+
+        Args:
+            seed: an int; the same seed and actions give the same trajectories.
+            clear_candidates: also let the candidate source forget what it drew from
+                the old stream (pre-drawn blocks) and all consumed items, as a full
+                reset wants; False keeps them (re-seeding while other rows go on,
+                as the vector env's ``reset(seed=..., options={"reset_mask": ...})``).
+
+        Raises:
+            ValueError: ``seed`` is not an integer.
+        """
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise ValueError(f"seed={seed!r} must be an int")
+        self.generator.manual_seed(int(seed))
+        if clear_candidates:
+            self.candidate_generator.clear()
+
+    def set_candidate_source(self, source: CandidateSource) -> None:
+        """Draw candidates from ``source`` from now on (see `recsim_mm.candidates.CandidateSource`).
+
+        Raises:
+            TypeError: ``source`` lacks a method or property of the interface (named).
+        """
+        check_candidate_source(source)
+        self.candidate_generator = source
 
     def reset_rows(self, rows: torch.Tensor) -> None:
         """Put fresh users into ``rows`` (``(R,)`` int64 indices or ``(B,)`` bool mask).
@@ -220,6 +338,9 @@ class Simulator:
             called again; the caller resets them (`reset_rows`).
         """
         users, g = self.users, self.generator
+        # Affinities of the candidates the action chooses from, before the step moves
+        # the users' state (usually already computed for the observation).
+        acted_on_affinity = self.candidate_affinity
         slate = self.candidates.gather(1, slate_positions)
         response = users.respond(slate, g)
         if not self._checked_user_outputs:
@@ -238,7 +359,6 @@ class Simulator:
         self.steps += 1
         terminated = users.done()
         truncated = (self.steps >= self.max_steps) & ~terminated
-        acted_on_affinity = self.candidate_affinity
         self._draw_candidates(None)
         return StepOutcome(
             reward=reward,
@@ -290,11 +410,31 @@ class Simulator:
 
     def _write_history(self, item: torch.Tensor, click: torch.Tensor, engagement: torch.Tensor) -> None:
         h = self.history_length
+        if self.device.type == "cpu":
+            # Pure data movement through numpy views of the same memory: the values
+            # are the same, and a numpy slice assignment costs a fraction of a torch
+            # indexing op (what a one-user step is made of).
+            items, feedback, rows = self._history_views()
+            item_np = item.numpy()
+            start = self._start + 1
+            if start > h:  # the window would run past the buffer: move its H - 1 newest entries to the front
+                for buf in (items, feedback) if rows is None else (items, feedback, rows):
+                    buf[:, : h - 1] = buf[:, start : start + h - 1]
+                start = 0
+            self._start = start
+            newest = start + h - 1
+            items[:, newest] = item_np
+            feedback[:, newest, 0] = click.numpy()
+            feedback[:, newest, 1] = engagement.numpy()
+            feedback[:, newest, 2] = 1.0
+            if rows is not None:
+                rows[:, newest] = item_np
+            return
         buffers = [self._hist_items, self._hist_feedback]
         if self._hist_rows is not None:
             buffers.append(self._hist_rows)
         start = self._start + 1
-        if start > h:  # the window would run past the buffer: move its H - 1 newest entries to the front
+        if start > h:
             for buf in buffers:
                 buf[:, : h - 1] = buf[:, start : start + h - 1]
             start = 0
@@ -305,12 +445,20 @@ class Simulator:
         if self._hist_rows is not None:
             self._hist_rows[:, newest] = item
 
-    def _draw_candidates(self, rows: torch.Tensor | None) -> None:
-        """New candidates (and their true affinities) for ``rows`` (None: all).
+    def _history_views(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """numpy views (CPU) of the history item rows, feedback and vector-table rows."""
+        if self._history_np is None:
+            rows = None if self._hist_rows is None else self._hist_rows.numpy()
+            self._history_np = (self._hist_items.numpy(), self._hist_feedback.numpy(), rows)
+        return self._history_np
 
-        Also marks the observation's vectors stale: every caller changes the history
-        or the candidates."""
+    def _draw_candidates(self, rows: torch.Tensor | None) -> None:
+        """New candidates for ``rows`` (None: all).
+
+        Also marks the observation's vectors and the true affinities stale: every
+        caller changes the history, the candidates or the users."""
         self._vectors_current = False
+        self._affinity_current = not self.track_truth
         items = clicked = None
         if self.candidate_generator.reads_state:
             window = slice(self._start, self._start + self.history_length)
@@ -322,12 +470,28 @@ class Simulator:
         fresh = self.candidate_generator.sample(rows, count, items, clicked, self.generator)
         if rows is None:
             self.candidates.copy_(fresh)
-            if self.track_truth:
-                self.candidate_affinity = self.users.affinity(self.candidates, None)
-            return
-        self.candidates.index_copy_(0, rows, fresh)
-        if self.track_truth:
-            self.candidate_affinity.index_copy_(0, rows, self.users.affinity(fresh, rows))
+        else:
+            self.candidates.index_copy_(0, rows, fresh)
+
+    @property
+    def candidate_affinity(self) -> torch.Tensor:
+        """``(B, K)`` float32 true affinity of each user for the current candidates.
+
+        Zeros when the core does not track truth. Computed at most once per step, on
+        first access (the observation's candidate vectors are reused in
+        ``embeddings`` mode); the tensor is never written afterwards.
+        """
+        if not self._affinity_current:
+            self._compute_affinity(None)
+        return self._affinity
+
+    def _compute_affinity(self, candidate_vectors: torch.Tensor | None) -> None:
+        """Affinities of the current candidates (``(B, K, d)`` vectors if at hand)."""
+        if candidate_vectors is not None and self._affinity_takes_vectors:
+            self._affinity = self.users.affinity(self.candidates, None, fused=candidate_vectors)
+        else:
+            self._affinity = self.users.affinity(self.candidates, None)
+        self._affinity_current = True
 
     # ------------------------------------------------------------------ observation
     def _current_vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -341,6 +505,11 @@ class Simulator:
             self._gather_vectors(self._hist_vectors, self._candidate_vectors)
             self._vectors_current = True
         return self._hist_vectors, self._candidate_vectors
+
+    def _affinity_from(self, candidate_vectors: torch.Tensor) -> None:
+        """Compute stale true affinities from just-gathered ``(B, K, d)`` candidate vectors."""
+        if not self._affinity_current:
+            self._compute_affinity(candidate_vectors)
 
     def _gather_vectors(self, history: torch.Tensor, candidates: torch.Tensor) -> None:
         """Write the history ``(B, H, d)`` and candidate ``(B, K, d)`` vectors into the
@@ -362,17 +531,18 @@ class Simulator:
         feedback = self._hist_feedback[:, window]
         if self.obs_mode == "embeddings":
             history, candidates = self._current_vectors()
+            self._affinity_from(candidates)
         else:
             history, candidates = self._hist_items[:, window], self.candidates
         obs = {
-            "history_items": history,
-            "history_feedback": feedback[..., :2],
-            "history_mask": feedback[..., 2],
-            "candidate_items": candidates,
-            "time_left": self.users.time_left().unsqueeze(1),
+            HISTORY_ITEMS: history,
+            HISTORY_FEEDBACK: feedback[..., :2],
+            HISTORY_MASK: feedback[..., 2],
+            CANDIDATE_ITEMS: candidates,
+            TIME_LEFT: self.users.time_left().unsqueeze(1),
         }
         if self.num_features:
-            obs["user_features"] = self.users.features()
+            obs[USER_FEATURES] = self.users.features()
         return obs
 
     def observation_rows(self, rows: np.ndarray) -> dict[str, np.ndarray]:
@@ -395,25 +565,28 @@ class Simulator:
             history = self._hist_items.index_select(0, index)[:, window]
             candidates = self.candidates.index_select(0, index)
         obs = {
-            "history_items": history,
-            "history_feedback": feedback[..., :2],
-            "history_mask": feedback[..., 2],
-            "candidate_items": candidates,
-            "time_left": self.users.time_left().index_select(0, index).unsqueeze(1),
+            HISTORY_ITEMS: history,
+            HISTORY_FEEDBACK: feedback[..., :2],
+            HISTORY_MASK: feedback[..., 2],
+            CANDIDATE_ITEMS: candidates,
+            TIME_LEFT: self.users.time_left().index_select(0, index).unsqueeze(1),
         }
         if self.num_features:
-            obs["user_features"] = self.users.features().index_select(0, index)
+            obs[USER_FEATURES] = self.users.features().index_select(0, index)
         return {key: np.array(value.cpu().numpy()) for key, value in obs.items()}
 
     def observation_arrays(self, copy: bool = True) -> dict[str, np.ndarray]:
         """The current observation as numpy arrays (same keys and shapes as `observation`).
 
-        ``copy=True`` (what the environments hand out by default): fresh arrays the
-        caller may keep, each written once (the ``embeddings`` vectors are gathered
-        from the item table straight into them). ``copy=False``: views of the
+        ``copy=True`` (what the environments hand out by default): arrays the caller
+        may keep, each written once (the ``embeddings`` vectors are gathered from the
+        item table straight into them, and the true affinities, if tracked, are
+        computed from those vectors). They come from `FreshArrays`: memory of an
+        earlier observation is reused only once the caller holds no reference to it,
+        so a kept observation is never overwritten. ``copy=False``: views of the
         simulator's buffers, valid until the next `step`/`reset`, which then
-        overwrites them (the vectors are gathered into reused buffers, so no memory is
-        allocated per step). On CUDA the tensors are copied to host memory.
+        overwrites them (the vectors are gathered into reused buffers). On CUDA the
+        tensors are copied to host memory.
         """
         if self.device.type != "cpu":
             return {key: value.cpu().numpy() for key, value in self.observation().items()}
@@ -427,30 +600,35 @@ class Simulator:
         window = slice(self._start, self._start + self.history_length)
         feedback = views["feedback"][:, window]
         time_left = self.users.time_left().numpy().reshape(-1, 1)
+        fresh_vectors = False
         if self.obs_mode == "ids":
             history, candidates = views["hist_items"][:, window], views["candidates"]
         elif not copy or self._vectors_current:
             hist_vectors, candidate_vectors = self._current_vectors()
+            self._affinity_from(candidate_vectors)
             history, candidates = hist_vectors.numpy(), candidate_vectors.numpy()
-        else:  # fresh arrays, gathered into directly: the one write of these bytes
-            b, d = self.num_users, self.item_space.dim
-            history = np.empty((b, self.history_length, d), np.float32)
-            candidates = np.empty((b, self.num_candidates, d), np.float32)
-            self._gather_vectors(torch.from_numpy(history), torch.from_numpy(candidates))
+        else:  # arrays for the caller, gathered into directly: the one write of these bytes
+            b, d, pool = self.num_users, self.item_space.dim, self._fresh
+            history = pool.get(HISTORY_ITEMS, (b, self.history_length, d), np.float32)
+            candidates = pool.get(CANDIDATE_ITEMS, (b, self.num_candidates, d), np.float32)
+            candidate_vectors = torch.from_numpy(candidates)
+            self._gather_vectors(torch.from_numpy(history), candidate_vectors)
+            self._affinity_from(candidate_vectors)
+            fresh_vectors = True
         obs = {
-            "history_items": history,
-            "history_feedback": feedback[..., :2],
-            "history_mask": feedback[..., 2],
-            "candidate_items": candidates,
-            "time_left": time_left,
+            HISTORY_ITEMS: history,
+            HISTORY_FEEDBACK: feedback[..., :2],
+            HISTORY_MASK: feedback[..., 2],
+            CANDIDATE_ITEMS: candidates,
+            TIME_LEFT: time_left,
         }
         if self.num_features:
-            obs["user_features"] = self.users.features().numpy()
+            obs[USER_FEATURES] = self.users.features().numpy()
         if not copy:
             return obs
-        fresh_vectors = self.obs_mode == "embeddings" and not self._vectors_current
+        pool = self._fresh
         return {
-            key: value if fresh_vectors and key in ("history_items", "candidate_items") else np.array(value)
+            key: value if fresh_vectors and key in ITEM_KEYS else pool.copy(key, value)
             for key, value in obs.items()
         }
 

@@ -153,10 +153,9 @@ class EcosystemEnv(ParallelEnv):
             seed = int(np.random.default_rng().integers(2**62))
         self._seeded = True
         if seed is not None:
-            # What Simulator.reset(seed) does, done here so that subclasses can draw
-            # their own initial state from the re-seeded generator before the users.
-            self.simulator.generator.manual_seed(int(seed))
-            self.simulator.candidate_generator.clear()
+            # What Simulator.reset(seed) does first, done here so that subclasses can
+            # draw their own initial state from the re-seeded generator before the users.
+            self.simulator.seed(int(seed))
         self.agents = list(self.possible_agents)
         self.num_steps = 0
         self.history.clear()

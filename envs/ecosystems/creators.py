@@ -301,8 +301,8 @@ class CreatorEcosystemEnv(EcosystemEnv):
         self.map_dim = q = self.content_map.dim
         self._initial_positions = self._check_positions(initial_positions)
         self.offers = CreatorOffers(space, u, c, k)
-        # The simulator draws its candidates from the creators' offers (same interface).
-        sim.candidate_generator = self.offers
+        # The simulator draws its candidates from the creators' offers (a CandidateSource).
+        sim.set_candidate_source(self.offers)
         self.positions = torch.zeros(c, q, device=sim.device)
         """``(C, q)`` float32 creator positions in the content map."""
         self.possible_agents = [f"creator_{i}" for i in range(c)]

@@ -22,6 +22,14 @@ from pettingzoo.utils.conversions import parallel_to_aec
 from envs.ecosystems.base import EcosystemEnv, build_population, check_count
 from envs.rec_env import check_actions, observation_space
 from recsim_mm.ecosystem_metrics import content_diversity, market_share
+from recsim_mm.observation import (
+    CANDIDATE_ITEMS,
+    HISTORY_FEEDBACK,
+    HISTORY_ITEMS,
+    HISTORY_MASK,
+    TIME_LEFT,
+    USER_FEATURES,
+)
 
 
 @dataclass(frozen=True)
@@ -334,23 +342,23 @@ class PlatformCompetitionEnv(EcosystemEnv):
     def _observations(self, agents: list[str] | None = None) -> dict[str, dict[str, np.ndarray]]:
         sim = self.simulator
         base = sim.observation()
-        mask = base["history_mask"]
+        mask = base[HISTORY_MASK]
         # Shared by every platform: fresh arrays each step.
         shared = {
             key: base[key].cpu().numpy().copy()
-            for key in ("candidate_items", "time_left", "user_features")
+            for key in (CANDIDATE_ITEMS, TIME_LEFT, USER_FEATURES)
             if key in base
         }
         out = {}
         for agent in agents if agents is not None else self.agents:
             p = self.possible_agents.index(agent)
             mine = mask * (self._history_platform == p)
-            history = base["history_items"]
+            history = base[HISTORY_ITEMS]
             own_history = history * (mine.unsqueeze(-1) if history.dim() == 3 else mine.long())
             obs = {
-                "history_items": own_history.cpu().numpy(),
-                "history_feedback": (base["history_feedback"] * mine.unsqueeze(-1)).cpu().numpy(),
-                "history_mask": mine.cpu().numpy(),
+                HISTORY_ITEMS: own_history.cpu().numpy(),
+                HISTORY_FEEDBACK: (base[HISTORY_FEEDBACK] * mine.unsqueeze(-1)).cpu().numpy(),
+                HISTORY_MASK: mine.cpu().numpy(),
                 **shared,
                 "visiting": (self.visiting == p).float().cpu().numpy(),
             }

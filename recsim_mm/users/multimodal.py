@@ -394,7 +394,7 @@ class MultimodalUser(UserModel):
         return utility - self.config.satiation_strength * satiation, satiation
 
     def respond(self, slate: torch.Tensor, generator: torch.Generator) -> UserResponse:
-        cfg, d = self.config, self.dim
+        d = self.dim
         rows = self._gather(slate)  # (B, S, d + 2)
         utility, satiation = self._utility_and_satiation(rows)
         clicked = self.choice.choose(utility, generator)
@@ -410,12 +410,30 @@ class MultimodalUser(UserModel):
         self._chosen_satiation = chosen_satiation
         # Watched fraction: logistic in utility, with logistic noise (logit of a uniform).
         u = torch.rand(chosen_utility.shape, generator=generator, device=self.device)
-        watched = torch.logit(u, eps=1e-6).mul_(cfg.engagement_noise)
-        watched.add_(chosen_utility, alpha=cfg.engagement_gain).sub_(cfg.engagement_gain * cfg.engagement_midpoint)
-        watched.sigmoid_().mul_(clicked >= 0)
+        watched = self.watched_fraction(chosen_utility, torch.logit(u, eps=1e-6))
+        watched.mul_(clicked >= 0)
         self._watched = watched
         minutes = torch.minimum(watched * chosen[:, d + 1], self.budget)
         return UserResponse(clicked=clicked, engagement=minutes)
+
+    def watched_fraction(self, utility: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Fraction of an item watched if clicked: ``sigmoid(gain * (utility - midpoint) + engagement_noise * noise)``.
+
+        The one formula behind `respond` (which draws ``noise`` as the logit of a
+        uniform, a standard logistic) and `expected_outcomes` (which integrates over
+        fixed quantiles of it), so the two cannot drift apart.
+
+        Args:
+            utility: float32 utilities, broadcastable against ``noise``.
+            noise: float32 standard-logistic noise values (e.g. ``(B,)``, or ``(Q,)``
+                quantile nodes against ``(B, K, 1)`` utilities).
+
+        Returns:
+            A new float32 tensor of the broadcast shape, in [0, 1].
+        """
+        cfg = self.config
+        watched = torch.add(noise * cfg.engagement_noise, utility, alpha=cfg.engagement_gain)
+        return watched.sub_(cfg.engagement_gain * cfg.engagement_midpoint).sigmoid_()
 
     def transition(self, slate: torch.Tensor, response: UserResponse, generator: torch.Generator) -> None:
         cfg = self.config
@@ -468,9 +486,7 @@ class MultimodalUser(UserModel):
         rows = self._gather(items)  # (B, K, d + 2)
         utility, satiation = self._utility_and_satiation(rows)
         click = self.choice.click_probability(utility.reshape(-1, 1)).view_as(utility)
-        noise = self._noise_nodes.to(utility.device)
-        logit = cfg.engagement_gain * (utility - cfg.engagement_midpoint)
-        watched = torch.sigmoid(logit.unsqueeze(-1) + cfg.engagement_noise * noise)  # (B, K, Q)
+        watched = self.watched_fraction(utility.unsqueeze(-1), self._noise_nodes.to(utility.device))  # (B, K, Q)
         budget = self.budget[:, None, None]
         minutes = torch.minimum(watched * rows[..., -1:], budget)
         engagement = minutes.mean(-1)
@@ -506,6 +522,10 @@ class MultimodalUser(UserModel):
         """
         weighted = self._weighted if rows is None else self._weighted[rows]
         r, k = items.shape
+        if r <= _AFFINITY_CHUNK:  # one chunk: the same product and sum, without the slicing
+            if fused is None:
+                fused = self._table.index_select(0, items.reshape(-1))[:, : self.dim].view(r, k, self.dim)
+            return torch.sum(fused * weighted.unsqueeze(1), dim=2)
         out = torch.empty(r, k, device=self.device)
         # Chunks of users keep the (chunk, K, d) product in cache; torch's batched
         # matrix-vector kernels are several times slower than this on CPU.
