@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from agents.baselines import candidate_rows
+from recsim_mm.candidates import ArrivingCatalog
 from recsim_mm.metrics import exposure_summary
 
 
@@ -46,6 +47,8 @@ class EvalResult:
             slate position counts once).
         exposure: `recsim_mm.metrics.exposure_summary` of ``item_exposure`` (with the
             popularity and the item space's topics where known).
+        new_items: item cold start only (an environment with ``new_items``, see
+            `new_item_summary`): how the items that arrived during the evaluation fared.
     """
 
     episode_return: np.ndarray
@@ -60,6 +63,7 @@ class EvalResult:
     recommended_duration: np.ndarray | None = None
     item_exposure: np.ndarray | None = None
     exposure: dict[str, float] = field(default_factory=dict)
+    new_items: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict[str, float]:
         """Scalar metrics averaged over users (NaNs ignored where a user has none);
@@ -87,6 +91,7 @@ class EvalResult:
             "coverage": float(self.coverage),
             **extra,
             **self.exposure,
+            **self.new_items,
         }
 
 
@@ -146,6 +151,10 @@ def evaluate_recommender(
     clicked_vectors: list[list[np.ndarray]] = [[] for _ in range(num_users)]
     recommended: list[np.ndarray] = []
     exposure = np.zeros(len(item_table), dtype=np.int64)
+    item_clicks = np.zeros(len(item_table), dtype=np.int64)
+    arrivals = env.simulator.candidate_generator if isinstance(
+        env.simulator.candidate_generator, ArrivingCatalog) else None
+    first_click = np.full(len(item_table), np.iinfo(np.int64).max, dtype=np.int64)
     table = item_table.detach().cpu().numpy()
     share = None
     if popularity is not None:
@@ -174,7 +183,11 @@ def evaluate_recommender(
             s = slate.shape[1]
             sim = np.einsum("bsd,btd->b", slate, slate)
             slate_diversity_sum[alive] += (1.0 - (sim - s) / (s * (s - 1)))[alive]
+        clock = arrivals.step if arrivals is not None else 0
         next_obs, reward, terminated, truncated, info = env.step(actions)
+        clicked = info["clicked_item"][alive & info["click"].astype(bool)]
+        np.add.at(item_clicks, clicked, 1)
+        np.minimum.at(first_click, clicked, clock)
         if hasattr(policy, "update"):
             policy.update(obs, actions, reward, info)
         ret[alive] += reward[alive]
@@ -209,7 +222,41 @@ def evaluate_recommender(
         recommended_duration=duration_sum / np.maximum(length, 1),
         item_exposure=exposure,
         exposure=exposure_summary(exposure, popularity, None if topics is None else topics.cpu().numpy()),
+        new_items={} if arrivals is None else new_item_summary(
+            exposure, item_clicks, first_click, arrivals.arrival.cpu().numpy(), arrivals.step),
     )
+
+
+def new_item_summary(exposure: np.ndarray, clicks: np.ndarray, first_click: np.ndarray, arrival: np.ndarray,
+                     end_step: int) -> dict[str, float]:
+    """How the items that arrived during an evaluation fared (item cold start).
+
+    Args:
+        exposure: ``(N,)`` times each item was shown; clicks: ``(N,)`` times clicked.
+        first_click: ``(N,)`` simulator step of each item's first click (int64 max: never).
+        arrival: ``(N,)`` arrival step (0 = in the catalog from the start).
+        end_step: the simulator step the evaluation ended at.
+
+    Returns:
+        ``new_item_exposure_share`` (share of all exposure going to arrived items),
+        ``new_item_ctr`` (their clicks per exposure; NaN if never shown),
+        ``new_items_clicked`` (share of the arrived items clicked at least once) and
+        ``new_item_steps_to_first_click`` (mean steps from arrival to the first click
+        over the arrived items that were clicked; NaN if none). Items whose arrival step
+        the evaluation never reached are left out.
+    """
+    new = (arrival > 0) & (arrival <= end_step)
+    if not new.any():
+        return {}
+    shown = exposure[new].sum()
+    clicked = first_click[new] < np.iinfo(np.int64).max
+    delay = (first_click[new] - arrival[new])[clicked]
+    return {
+        "new_item_exposure_share": float(shown / max(exposure.sum(), 1)),
+        "new_item_ctr": float(clicks[new].sum() / shown) if shown else float("nan"),
+        "new_items_clicked": float(clicked.mean()),
+        "new_item_steps_to_first_click": float(delay.mean()) if delay.size else float("nan"),
+    }
 
 
 def evaluate_policy(*args: Any, **kwargs: Any) -> EvalResult:

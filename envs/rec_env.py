@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from recsim_mm.candidates import ArrivalSchedule, ArrivingCatalog
 from recsim_mm.device import resolve_device
 from recsim_mm.item_space import ItemSpace
 from recsim_mm.observation import (
@@ -57,6 +58,11 @@ class RecEnvOptions:
             tensor`` replacing ``reward`` (batched torch inputs; see
             `recsim_mm.simulator.Simulator`).
         track_truth: put true affinities in ``info`` (costs a gather in ``ids`` mode).
+        new_items: item cold start: ``[{"at": step, "items": [item id or row, ...]},
+            ...]`` holds those items back until simulator step ``at`` (steps since the
+            last seeded reset; see `recsim_mm.candidates.ArrivalSchedule`); candidates
+            are then uniform over the items available (not combined with
+            ``candidates``).
         device: ``"cpu"``, ``"cuda"``, ``"auto"``; default ``"cpu"`` for `RecEnv`
             (one user: kernel launches would dominate on a GPU), ``"auto"`` for the
             vector env.
@@ -75,6 +81,7 @@ class RecEnvOptions:
     reward: str | Callable = "engagement"
     reward_fn: Callable | None = None
     track_truth: bool = True
+    new_items: list[dict[str, Any]] | None = None
     device: str | torch.device | None = None
 
     @classmethod
@@ -97,6 +104,9 @@ class RecEnvOptions:
             raise ValueError("give either item_space=... or item_space_options=..., not both")
         if parsed.item_space_options and "device" in parsed.item_space_options:
             raise ValueError("item_space_options must not set 'device'; use the environment option device=")
+        if parsed.new_items is not None and parsed.candidates:
+            raise ValueError("new_items draws candidates uniformly over the items available so far; "
+                             "it is not combined with candidates= options")
         if parsed.user_params is not None and not isinstance(parsed.user_params, dict):
             raise ValueError(f"user_params must be a dict; got {type(parsed.user_params).__name__}")
         return parsed
@@ -113,6 +123,10 @@ def build_simulator(options: RecEnvOptions, num_users: int, default_device: str)
         item_space = default_item_space(**(options.item_space_options or {}), device=device)
     user_cls = resolve_user_model(options.user_model)
     users = user_cls(item_space, num_users, device, **(options.user_params or {}))
+    arrivals = None
+    if options.new_items is not None:
+        arrivals = ArrivingCatalog(item_space, options.num_candidates,
+                                   ArrivalSchedule.parse(options.new_items, item_space))
     return Simulator(
         item_space,
         users,
@@ -124,6 +138,7 @@ def build_simulator(options: RecEnvOptions, num_users: int, default_device: str)
         candidates=options.candidates,
         reward=options.reward,
         track_truth=options.track_truth,
+        candidate_source=arrivals,
     )
 
 

@@ -395,3 +395,127 @@ def _redraw_rows(
         allowed[consumed[rows]] = 0
     cand[rows] = torch.multinomial(allowed, cand.shape[1], replacement=False, generator=generator)
     return cand
+
+
+@dataclass(frozen=True)
+class ArrivalSchedule:
+    """When held-back catalog items enter the candidate pool (item cold start).
+
+    Every item of the item space is encoded up front like the rest; the items a
+    schedule names are simply not offered before their step. Steps count simulator
+    steps since the simulator was last seeded (``env.reset(seed=...)``), across the
+    episodes of all users in between.
+
+    Attributes:
+        steps: ``(A,)`` strictly increasing arrival steps, each >= 1.
+        rows: ``(A,)`` tuples of the item rows arriving at each step.
+    """
+
+    steps: tuple[int, ...]
+    rows: tuple[tuple[int, ...], ...]
+
+    @classmethod
+    def parse(cls, spec: Any, item_space: ItemSpace) -> ArrivalSchedule:
+        """Read ``[{"at": step, "items": [item id or row, ...]}, ...]``.
+
+        Items are item ids (str, `ItemSpace.item_ids`) or rows (int).
+
+        Raises:
+            ValueError: not such a list, a step that is not an int >= 1 or not larger
+                than the one before, an unknown item id or row out of range (named), an
+                item scheduled twice, an empty batch.
+        """
+        if not isinstance(spec, list | tuple) or not spec:
+            raise ValueError(f"new_items must be a non-empty list of {{'at': step, 'items': [...]}}; got {spec!r}")
+        steps, rows, seen = [], [], set()
+        for i, batch in enumerate(spec):
+            if not isinstance(batch, dict) or set(batch) != {"at", "items"}:
+                raise ValueError(f"new_items[{i}] must be a dict with keys 'at' and 'items'; got {batch!r}")
+            at, items = batch["at"], batch["items"]
+            if isinstance(at, bool) or not isinstance(at, int) or at < 1:
+                raise ValueError(f"new_items[{i}]['at']={at!r}: expected an int step >= 1")
+            if steps and at <= steps[-1]:
+                raise ValueError(f"new_items[{i}]['at']={at} does not come after the previous arrival "
+                                 f"(step {steps[-1]}): arrival steps must increase")
+            if not isinstance(items, list | tuple) or not items:
+                raise ValueError(f"new_items[{i}]['items'] must be a non-empty list of item ids or rows")
+            batch_rows = []
+            for item in items:
+                if isinstance(item, str):
+                    try:
+                        row = int(item_space.index_of([item])[0])
+                    except KeyError as exc:
+                        raise ValueError(f"new_items[{i}]: {exc.args[0]}") from None
+                elif isinstance(item, int) and not isinstance(item, bool) and 0 <= item < item_space.num_items:
+                    row = item
+                else:
+                    raise ValueError(f"new_items[{i}]: item {item!r} is neither an item id nor a row in "
+                                     f"[0, {item_space.num_items})")
+                if row in seen:
+                    raise ValueError(f"new_items[{i}]: item {item!r} is scheduled twice")
+                seen.add(row)
+                batch_rows.append(row)
+            steps.append(at)
+            rows.append(tuple(batch_rows))
+        return cls(tuple(steps), tuple(rows))
+
+    def arrival_steps(self, num_items: int) -> torch.Tensor:
+        """``(N,)`` int64 step from which each item is offered (0 for the initial catalog)."""
+        out = torch.zeros(num_items, dtype=torch.long)
+        for step, rows in zip(self.steps, self.rows, strict=True):
+            out[list(rows)] = step
+        return out
+
+    @property
+    def new_rows(self) -> torch.Tensor:
+        """``(M,)`` int64 rows of every scheduled item."""
+        return torch.tensor([row for rows in self.rows for row in rows], dtype=torch.long)
+
+
+class ArrivingCatalog:
+    """A `CandidateSource` over a growing catalog: K distinct items, uniform over the
+    items available at the current step (`ArrivalSchedule`).
+
+    The clock advances once per simulator step (`record`) and restarts when the
+    simulator is re-seeded (`clear`). Draws are ``rand(R, N)`` keys with the items not
+    yet arrived masked out, top K: exact and uniform, ``O(R N)`` per step.
+
+    Args:
+        item_space: the catalog (all items, new ones included).
+        num_candidates: ``K``; at most the size of the initial catalog.
+        schedule: the arrivals.
+
+    Attributes:
+        step: simulator steps since the last `clear`.
+        arrival: ``(N,)`` int64 arrival step of every item (0 = from the start).
+    """
+
+    reads_state = False
+
+    def __init__(self, item_space: ItemSpace, num_candidates: int, schedule: ArrivalSchedule):
+        self.schedule = schedule
+        self.num_candidates = num_candidates
+        self.arrival = schedule.arrival_steps(item_space.num_items).to(item_space.device)
+        initial = int((self.arrival == 0).sum())
+        if initial < num_candidates:
+            raise ValueError(f"new_items holds back {item_space.num_items - initial} of {item_space.num_items} items; "
+                             f"the {initial} left cannot fill K={num_candidates} candidates")
+        self.step = 0
+
+    def clear(self) -> None:
+        self.step = 0
+
+    def clear_rows(self, rows: torch.Tensor) -> None:
+        """Nothing per user."""
+
+    def record(self, items: torch.Tensor, consumed: torch.Tensor) -> None:
+        self.step += 1
+
+    def available(self) -> torch.Tensor:
+        """``(N,)`` bool: items offered at the current step."""
+        return self.arrival <= self.step
+
+    def sample(self, rows, num_rows, history_items, history_clicked, generator) -> torch.Tensor:
+        keys = torch.rand(num_rows, len(self.arrival), generator=generator, device=self.arrival.device)
+        keys.masked_fill_(~self.available(), -1.0)
+        return keys.topk(self.num_candidates, dim=1).indices
