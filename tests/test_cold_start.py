@@ -63,3 +63,12 @@ def test_evaluation_reports_how_new_items_fared(space):
                                  RecVectorEnv(32, item_space=space, obs_mode="ids", device="cpu"), seed=3,
                                  item_table=space.fused)
     assert "new_item_ctr" not in plain.summary()
+
+
+@pytest.mark.slow
+def test_cold_start_experiment_script_prints_the_table_and_paired_difference():
+    from experiments.cold_start import main
+
+    out = main(["--seeds", "2", "--log-users", "200", "--users", "64", "--ppo-steps", "0"])
+    for name in ("| random |", "| ranker |", "| ranker_id |", "new-item CTR, ranker - ranker_id:"):
+        assert name in out, name
