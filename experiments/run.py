@@ -179,10 +179,21 @@ class Progress:
         return tqdm(total=total, desc=desc, unit=unit, disable=not self.enabled, file=sys.stderr,
                     dynamic_ncols=True, unit_scale=unit == "step", smoothing=0.1)
 
-    def record(self, stage: Stage, status: str, seconds: float = 0.0, **extra: Any) -> None:
-        """Note one stage unit (``computed``, ``cached`` or ``resumed from step N``) for stages.json."""
-        self.records.append({"stage": stage.name, "key": stage.key, "dir": str(stage.dir),
-                             "status": status, "seconds": round(seconds, 2), **extra})
+    def record(self, stage: Stage, status: str, seconds: float = 0.0, slot: int | None = None,
+               **extra: Any) -> None:
+        """Note one stage unit (``computed``, ``cached`` or ``resumed from step N``) for stages.json,
+        at the end or in the ``slot`` `reserve` returned (records stay in submission order)."""
+        entry = {"stage": stage.name, "key": stage.key, "dir": str(stage.dir),
+                 "status": status, "seconds": round(seconds, 2), **extra}
+        if slot is None:
+            self.records.append(entry)
+        else:
+            self.records[slot] = entry
+
+    def reserve(self) -> int:
+        """A place for a record that `record` fills later (a unit still running)."""
+        self.records.append({})
+        return len(self.records) - 1
 
 
 @dataclass
@@ -196,6 +207,7 @@ class Pending:
     keep: tuple[str, ...] = ()
     on_done: Callable[[dict], None] | None = None
     result: dict | None = None
+    slot: int = -1
 
 
 class StageRunner:
@@ -237,9 +249,12 @@ class StageRunner:
             **record: extra fields of that record (strategy, seed...).
         """
         if stage.done:
-            return Pending(stage, None, record, result={"info": stage.info(), "status": "cached", "seconds": 0.0})
-        pending = Pending(stage, self.executor.submit(stage.dir, stage.parts, unit, resumable), record, keep, on_done)
-        if self.inline:  # computed already: report it now, between units
+            pending = Pending(stage, None, record, result={"info": stage.info(), "status": "cached", "seconds": 0.0})
+        else:
+            pending = Pending(stage, self.executor.submit(stage.dir, stage.parts, unit, resumable), record, keep,
+                              on_done)
+        pending.slot = self.progress.reserve()
+        if self.inline and pending.result is None:  # computed already: report it now, between units
             self.executor.wait([pending.future], lambda _, result: self._finished(pending, result))
         return pending
 
@@ -255,7 +270,8 @@ class StageRunner:
         for p in pending:
             extra = {k: p.result["info"][k] for k in p.keep} if p.result["status"] != "cached" else {}
             host = {"host": p.result["host"]} if "host" in p.result and not self.inline else {}
-            self.progress.record(p.stage, p.result["status"], p.result["seconds"], **p.record, **extra, **host)
+            self.progress.record(p.stage, p.result["status"], p.result["seconds"], slot=p.slot, **p.record, **extra,
+                                 **host)
         return [p.result["info"] for p in pending]
 
     def run(self, stage: Stage, compute: Callable[[Path], dict], **record: Any) -> dict:
