@@ -8,11 +8,15 @@ code in both cases, so a unit computes the same thing wherever it runs:
    so two processes that need one stage (two runs sharing a cache, two sweep trials)
    compute it once: the second waits, then finds ``done.json`` and reuses it;
 2. if ``done.json`` appeared meanwhile, return it (``cached``);
-3. otherwise compute in the stage folder: a stage that cannot resume starts from an
-   empty folder (what an interrupted attempt left is removed), an agent run keeps its
-   ``checkpoint.pt`` and resumes from it;
-4. publish: write ``done.json`` last, atomically. A worker killed before that leaves no
-   ``done.json``, so no later run mistakes its folder for a finished stage.
+3. otherwise compute: a stage that cannot resume in a fresh temporary folder beside
+   the stage folder (``.<stage>-<key>.<host>-<pid>.tmp``), an agent run in the stage
+   folder itself, where its ``checkpoint.pt`` (written atomically every
+   ``checkpoint_every`` steps) lets a later attempt resume;
+4. publish: write ``done.json`` last (atomically), then rename the temporary folder to
+   the stage folder (replacing what an interrupted attempt left). A worker killed
+   before that leaves no ``done.json`` in the stage folder, so no later run mistakes
+   it for a finished stage; where the lock is not effective (see `recsim_mm.files`),
+   the rename publishes one whole result and the other process reuses it.
 
 `LocalExecutor` calls `run_unit` at once, in order (today's single-process run; Ray is
 never imported). `RayExecutor` submits it as a ``ray.remote`` task with the unit's
@@ -51,8 +55,10 @@ def run_unit(stage_dir: Path, depends_on: dict, unit: Callable[[Path], dict], re
         stage_dir: the stage folder ``<cache_dir>/<stage>-<key>/``.
         depends_on: what the stage's key hashes (recorded in ``done.json``).
         unit: ``folder -> info`` (a JSON-able dict), the unit's computation.
-        resumable: keep what an interrupted attempt left in the folder (agent runs
-            resume from ``checkpoint.pt``); otherwise the folder starts empty.
+        resumable: the unit resumes from what an interrupted attempt left (agent runs,
+            from ``checkpoint.pt``): it computes in the stage folder itself. Any other
+            unit computes in a fresh temporary folder beside it, renamed to the stage
+            folder once ``done.json`` is written in it.
         threads: torch CPU threads for the unit; None leaves the process's setting.
 
     Returns:
@@ -62,18 +68,38 @@ def run_unit(stage_dir: Path, depends_on: dict, unit: Callable[[Path], dict], re
     started = time.perf_counter()
     host = f"{socket.gethostname()}:{os.getpid()}"
     done = stage_dir / "done.json"
+
+    def cached() -> dict:
+        return {"info": json.loads(done.read_text()), "status": "cached", "seconds": 0.0, "host": host}
+
     with file_lock(lock_path(stage_dir)):
         if done.is_file():  # another process finished it while this one waited
-            return {"info": json.loads(done.read_text()), "status": "cached", "seconds": 0.0, "host": host}
+            return cached()
         if threads is not None:
             import torch
 
             torch.set_num_threads(threads)
-        if stage_dir.exists() and not resumable:
-            shutil.rmtree(stage_dir)
-        stage_dir.mkdir(parents=True, exist_ok=True)
-        info = unit(stage_dir)
-        write_json(done, {"depends_on": depends_on, **info})
+        if resumable:
+            stage_dir.mkdir(parents=True, exist_ok=True)
+            info = unit(stage_dir)
+            write_json(done, {"depends_on": depends_on, **info})
+        else:
+            work = stage_dir.with_name(f".{stage_dir.name}.{socket.gethostname()}-{os.getpid()}.tmp")
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            try:
+                info = unit(work)
+                write_json(work / "done.json", {"depends_on": depends_on, **info})
+                if stage_dir.exists() and not done.is_file():  # what an interrupted attempt left
+                    shutil.rmtree(stage_dir)
+                try:
+                    os.rename(work, stage_dir)
+                except OSError:  # published meanwhile by a process the lock did not stop (see files.py)
+                    if not done.is_file():
+                        raise
+                    return cached()
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
     resumed = info.get("resumed_from")
     return {"info": json.loads(done.read_text()),
             "status": "computed" if resumed is None else f"resumed from step {resumed}",

@@ -146,15 +146,6 @@ class Stage:
         """Whether the stage finished (its ``done.json`` exists)."""
         return (self.dir / "done.json").is_file()
 
-    def start(self) -> Path:
-        """Create the stage folder (kept as is if an interrupted run left it) and return it."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        return self.dir
-
-    def finish(self, **info: Any) -> None:
-        """Mark the stage complete (atomically), recording what it depends on."""
-        write_json(self.dir / "done.json", {"depends_on": self.parts, **info})
-
     def info(self) -> dict:
         """What `finish` recorded: ``depends_on`` and the stage's own results."""
         return json.loads((self.dir / "done.json").read_text())

@@ -30,7 +30,8 @@ from experiments.run import main
 from tests.test_experiments import TINY, read_metrics, stage_status
 
 ROOT = Path(__file__).resolve().parent.parent
-QUICK = ["preset=quick", *TINY]
+#: The quick preset at TINY sizes, agents cut to one rollout (the cluster tests' budget).
+QUICK = ["preset=quick", *TINY, "ppo.total_steps=512", "dqn.total_steps=512", "eval.curve_every=256"]
 
 
 @pytest.fixture(autouse=True)
@@ -310,13 +311,14 @@ def test_stage_units_publish_done_json_last_and_start_from_an_empty_folder(tmp_p
     result = run_unit(stage, {"stage": "ranker"}, unit)
     assert result["status"] == "computed" and result["info"] == {"depends_on": {"stage": "ranker"}, "value": 1}
     assert sorted(p.name for p in stage.iterdir()) == ["done.json", "out.txt"]
+    assert sorted(p.name for p in stage.parent.iterdir()) == [".ranker-abc.lock", "ranker-abc"]  # no temp folder
     # Done: a second call returns the published result without computing.
     assert run_unit(stage, {"stage": "ranker"}, lambda folder: 1 / 0)["status"] == "cached"
     # A unit that fails publishes nothing.
     failing = tmp_path / "cache" / "eval-def"
     with pytest.raises(ZeroDivisionError):
         run_unit(failing, {}, lambda folder: 1 / 0)
-    assert not (failing / "done.json").exists()
+    assert not failing.exists() and not list(failing.parent.glob("*.tmp"))
     # A resumable unit (an agent run) keeps what the interrupted attempt left.
     agent = tmp_path / "cache" / "agent-123"
     agent.mkdir()
