@@ -170,7 +170,9 @@ class RayExecutor:
             # Workers import this checkout (the shared file system holds it at the same path).
             path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
             try:
-                ray.init(address=address, num_cpus=config.num_cpus if address is None else None,
+                # "local" starts a fresh instance even where a cluster already runs on this machine
+                # (address=None would join it).
+                ray.init(address=address or "local", num_cpus=config.num_cpus if address is None else None,
                          include_dashboard=False, configure_logging=False, log_to_driver=True,
                          runtime_env={"env_vars": {"PYTHONPATH": path}})
             except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
