@@ -30,8 +30,10 @@ from experiments.run import main
 from tests.test_experiments import TINY, read_metrics, stage_status
 
 ROOT = Path(__file__).resolve().parent.parent
-#: The quick preset at TINY sizes, agents cut to one rollout (the cluster tests' budget).
-QUICK = ["preset=quick", *TINY, "ppo.total_steps=512", "dqn.total_steps=512", "eval.curve_every=256"]
+#: The quick preset at TINY sizes, agents cut to one rollout (the cluster tests' budget);
+#: one torch thread, as in each Ray task (``ray.cpus_per_task=1``), so local and Ray runs
+#: compute the same numbers on any machine.
+QUICK = ["preset=quick", *TINY, "ppo.total_steps=512", "dqn.total_steps=512", "eval.curve_every=256", "threads=1"]
 
 
 @pytest.fixture(autouse=True)
