@@ -174,7 +174,10 @@ class RayExecutor:
                 # (address=None would join it).
                 ray.init(address=address or "local", num_cpus=config.num_cpus if address is None else None,
                          include_dashboard=False, configure_logging=False, log_to_driver=True,
-                         runtime_env={"env_vars": {"PYTHONPATH": path}})
+                         runtime_env={"env_vars": {"PYTHONPATH": path}},
+                         # Ray runs workers at niceness 15 by default: beside other jobs they would
+                         # run slower than executor=local's process. An existing cluster keeps its own.
+                         **({"_system_config": {"worker_niceness": 0}} if address is None else {}))
             except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
                 raise ConfigError(f"config key 'ray.address' = {address!r}: cannot connect to the Ray "
                                   f"cluster ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"

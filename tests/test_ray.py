@@ -48,8 +48,11 @@ def cluster():
     """A head node and one worker node (one CPU each) on loopback; yields the head's address."""
     from ray.cluster_utils import Cluster
 
+    # Workers at niceness 0, as executor=ray's own local instance starts them (Ray's default, 15,
+    # slows them down beside other jobs on a shared machine).
     c = Cluster(initialize_head=True, connect=False,
-                head_node_args={"num_cpus": 1, "include_dashboard": False})
+                head_node_args={"num_cpus": 1, "include_dashboard": False,
+                                "_system_config": {"worker_niceness": 0}})
     c.add_node(num_cpus=1)
     c.wait_for_nodes()
     yield c.address
