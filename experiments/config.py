@@ -255,6 +255,35 @@ class EvalConfig:
     tune_seed_offset: int = 500_000_000
 
 
+#: Where stage units run: in this process, or as Ray tasks (docs/scaling.md).
+EXECUTORS = ("local", "ray")
+
+
+@dataclass
+class RayConfig:
+    """Ray settings, read only with ``executor=ray`` (docs/scaling.md).
+
+    Attributes:
+        address: an existing cluster (``host:port`` of its head, ``ray://host:10001``
+            or ``auto``); None starts a Ray instance on this machine for the run.
+        num_cpus: CPUs of that local instance; None = all of this machine's cores.
+            Ignored with ``address``.
+        cpus_per_task: CPUs each unit (ranker, agent run, tuning, evaluation) asks for;
+            also its torch thread count.
+        gpus_per_task: GPU share each unit asks for when ``device`` is CUDA (0.25: four
+            units per GPU); ignored on CPU.
+        max_retries: times a unit whose worker process died is re-run (an agent run
+            resumes from its last checkpoint); an exception raised by the unit itself
+            is not retried.
+    """
+
+    address: str | None = None
+    num_cpus: int | None = None
+    cpus_per_task: float = 1.0
+    gpus_per_task: float = 0.25
+    max_retries: int = 3
+
+
 @dataclass
 class ExperimentConfig:
     """Everything one ``python experiments/run.py`` run depends on.
@@ -273,6 +302,9 @@ class ExperimentConfig:
             ``package.module:ClassName``.
         user_params: parameters of the user model (e.g. ``{patience: 5}``).
         agents: strategies to compare (see `KNOWN_AGENTS`).
+        executor: ``"local"`` (every unit in this process, one after another; Ray is
+            not imported) or ``"ray"`` (stages 3-5's units as Ray tasks, see ``ray``).
+        ray: the Ray cluster and per-task resources (`RayConfig`).
     """
 
     name: str = "default"
@@ -296,6 +328,8 @@ class ExperimentConfig:
     ppo: PPOSection = field(default_factory=PPOSection)
     dqn: DQNSection = field(default_factory=DQNSection)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    executor: str = "local"
+    ray: RayConfig = field(default_factory=RayConfig)
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -602,6 +636,14 @@ def validate(config: ExperimentConfig) -> None:
     _require(c.logging.temperature > 0.0, "logging.temperature", c.logging.temperature, "a number > 0")
     _require(c.ranker.ndcg_k <= c.env.num_candidates, "ranker.ndcg_k", c.ranker.ndcg_k,
              f"at most env.num_candidates = {c.env.num_candidates}")
+    _require(c.executor in EXECUTORS, "executor", c.executor, f"one of {list(EXECUTORS)}")
+    _require(c.ray.address is None or bool(c.ray.address.strip()), "ray.address", c.ray.address,
+             "null (a local Ray instance), 'auto', 'host:port' or 'ray://host:port'")
+    _require(c.ray.num_cpus is None or c.ray.num_cpus >= 1, "ray.num_cpus", c.ray.num_cpus,
+             "null (all cores) or an integer >= 1")
+    _require(c.ray.cpus_per_task > 0, "ray.cpus_per_task", c.ray.cpus_per_task, "a number > 0")
+    _require(0 <= c.ray.gpus_per_task <= 1, "ray.gpus_per_task", c.ray.gpus_per_task, "a number in [0, 1]")
+    _require(c.ray.max_retries >= 0, "ray.max_retries", c.ray.max_retries, "an integer >= 0")
     _library_checked("scorer", lambda: scorer_config(c, c.encoders.d_text, c.encoders.d_image))
     _library_checked("ranker", lambda: ranker_train_config(c, 0, "cpu"))
     for algo in RL_AGENTS:

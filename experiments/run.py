@@ -18,15 +18,20 @@ The experiment reads top to bottom as stage functions, one screen each (see `mai
 Stages 2-5 take the environment (`EnvSetup`) as an argument, so an experiment over
 several environments runs them once per environment on the one item space. Their
 units (one ranker, one (agent, seed) training run, one evaluation) are the plain
-functions `train_ranker_unit`, `train_agent_unit` and `evaluate_unit` of picklable
-inputs; `StageRunner.run` is the one place that decides "compute, finish and record,
-or reuse".
+functions `train_ranker_unit`, `train_agent_unit`, `tune_unit` and `evaluate_unit` of
+picklable inputs; `StageRunner` is the one place that decides "compute, finish and
+record, or reuse". It hands the units to an executor (`experiments.executor`):
+``executor=local`` runs them here, one after another; ``executor=ray`` runs the units
+of stages 3-5 as Ray tasks in parallel, on this machine or a cluster (docs/scaling.md),
+each stage waiting for the units it needs. Stages 1-2 and the report run here.
 
 Stages 1-5 are cached in ``<cache_dir>/<stage>-<hash>/`` (default
 ``results/.cache``), the hash covering exactly the config the stage depends on, its
 upstream stages and the source code it runs. A re-run reuses every finished stage
 (a finished config trains nothing); an agent interrupted mid-training resumes from
-its last checkpoint. A stage folder is complete when its ``done.json`` exists.
+its last checkpoint. A stage folder is complete when its ``done.json`` exists; a unit
+is computed under a lock on ``<cache_dir>/.<stage>-<hash>.lock``, so runs sharing a
+cache compute a shared stage once.
 Configuration keys: docs/configuration.md; walkthrough: docs/quickstart.md.
 """
 
@@ -41,7 +46,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +92,7 @@ from experiments.config import (  # noqa: E402
     scorer_config,
     to_yaml,
 )
+from experiments.executor import LocalExecutor, make_executor, run_unit  # noqa: E402
 from recsim_mm.catalog import Catalog, CatalogError, load_catalog  # noqa: E402
 from recsim_mm.device import default_torch_threads, resolve_device  # noqa: E402
 from recsim_mm.encoders import ImageEncoder, TextEncoder  # noqa: E402
@@ -140,15 +146,6 @@ class Stage:
         """Whether the stage finished (its ``done.json`` exists)."""
         return (self.dir / "done.json").is_file()
 
-    def start(self) -> Path:
-        """Create the stage folder (kept as is if an interrupted run left it) and return it."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        return self.dir
-
-    def finish(self, **info: Any) -> None:
-        """Mark the stage complete (atomically), recording what it depends on."""
-        write_json(self.dir / "done.json", {"depends_on": self.parts, **info})
-
     def info(self) -> dict:
         """What `finish` recorded: ``depends_on`` and the stage's own results."""
         return json.loads((self.dir / "done.json").read_text())
@@ -173,51 +170,109 @@ class Progress:
         return tqdm(total=total, desc=desc, unit=unit, disable=not self.enabled, file=sys.stderr,
                     dynamic_ncols=True, unit_scale=unit == "step", smoothing=0.1)
 
-    def record(self, stage: Stage, status: str, seconds: float = 0.0, **extra: Any) -> None:
-        """Note one stage unit (``computed``, ``cached`` or ``resumed from step N``) for stages.json."""
-        self.records.append({"stage": stage.name, "key": stage.key, "dir": str(stage.dir),
-                             "status": status, "seconds": round(seconds, 2), **extra})
+    def record(self, stage: Stage, status: str, seconds: float = 0.0, slot: int | None = None,
+               **extra: Any) -> None:
+        """Note one stage unit (``computed``, ``cached`` or ``resumed from step N``) for stages.json,
+        at the end or in the ``slot`` `reserve` returned (records stay in submission order)."""
+        entry = {"stage": stage.name, "key": stage.key, "dir": str(stage.dir),
+                 "status": status, "seconds": round(seconds, 2), **extra}
+        if slot is None:
+            self.records.append(entry)
+        else:
+            self.records[slot] = entry
+
+    def reserve(self) -> int:
+        """A place for a record that `record` fills later (a unit still running)."""
+        self.records.append({})
+        return len(self.records) - 1
+
+
+@dataclass
+class Pending:
+    """A submitted stage unit: its stage, the executor's future (None when cached), what
+    its ``stages.json`` record carries, and, once known, the executor's ``result``."""
+
+    stage: Stage
+    future: Any
+    record: dict
+    keep: tuple[str, ...] = ()
+    on_done: Callable[[dict], None] | None = None
+    result: dict | None = None
+    slot: int = -1
 
 
 class StageRunner:
     """Runs stage units through the cache: the one place that decides compute or reuse.
 
-    A unit is a function ``compute(folder) -> info`` writing its outputs into the stage
-    folder and returning a JSON-able summary. `run` calls it only when the stage is not
-    done, marks the stage finished with that summary and records what happened; a
-    finished stage is reused as is. A local runner calls units in-process; an executor
-    that ships units elsewhere needs only to replace `run`.
+    A unit is a picklable function ``unit(folder) -> info`` (usually a
+    ``functools.partial`` of a ``*_unit`` function) writing its outputs into the stage
+    folder and returning a JSON-able summary. A finished stage is reused as is; any
+    other is handed to the executor, which computes it under the stage's lock and
+    publishes ``done.json`` last (`experiments.executor.run_unit`). `submit` + `gather`
+    run many units (in parallel under Ray); `run` one unit, here.
     """
 
-    def __init__(self, cache_dir: Path, progress: Progress):
+    def __init__(self, cache_dir: Path, progress: Progress, executor: Any = None):
         self.cache_dir, self.progress = cache_dir, progress
+        self.executor = executor if executor is not None else LocalExecutor()
 
     def stage(self, name: str, code: tuple[str, ...], **parts: Any) -> Stage:
         """The `Stage` of unit ``name`` keyed by ``parts`` and the sources ``code``."""
         return Stage(self.cache_dir, name, code, **parts)
 
-    def run(self, stage: Stage, compute: Callable[[Path], dict], keep: tuple[str, ...] = (),
-            **record: Any) -> dict:
-        """Compute ``stage`` unless it is done; return its recorded info.
+    @property
+    def inline(self) -> bool:
+        """Whether units run in this process (they may then drive its progress bars)."""
+        return self.executor.inline
+
+    def submit(self, stage: Stage, unit: Callable[[Path], dict], resumable: bool = False,
+               keep: tuple[str, ...] = (), on_done: Callable[[dict], None] | None = None,
+               **record: Any) -> Pending:
+        """Hand ``stage``'s unit to the executor unless the stage is done; `gather` collects it.
 
         Args:
             stage: the unit's cache entry.
-            compute: ``folder -> info``; an ``info["resumed_from"]`` step that is not
-                None is recorded as ``resumed from step N``.
+            unit: ``folder -> info``; an ``info["resumed_from"]`` step that is not None
+                is recorded as ``resumed from step N``.
+            resumable: the unit resumes from what an interrupted attempt left (agents).
             keep: keys of the info copied into the unit's ``stages.json`` record.
+            on_done: called with the info when a computed unit finishes (progress).
             **record: extra fields of that record (strategy, seed...).
         """
-        started = time.perf_counter()
         if stage.done:
-            self.progress.record(stage, "cached", **record)
-            return stage.info()
-        info = compute(stage.start())
-        stage.finish(**info)
-        resumed = info.get("resumed_from")
-        status = "computed" if resumed is None else f"resumed from step {resumed}"
-        self.progress.record(stage, status, time.perf_counter() - started, **record,
-                             **{k: info[k] for k in keep})
-        return stage.info()
+            pending = Pending(stage, None, record, result={"info": stage.info(), "status": "cached", "seconds": 0.0})
+        else:
+            pending = Pending(stage, self.executor.submit(stage.dir, stage.parts, unit, resumable), record, keep,
+                              on_done)
+        pending.slot = self.progress.reserve()
+        if self.inline and pending.result is None:  # computed already: report it now, between units
+            self.executor.wait([pending.future], lambda _, result: self._finished(pending, result))
+        return pending
+
+    def _finished(self, pending: Pending, result: dict) -> None:
+        pending.result = result
+        if pending.on_done is not None and result["status"] != "cached":
+            pending.on_done(result["info"])
+
+    def gather(self, pending: list[Pending]) -> list[dict]:
+        """Wait for the submitted units, record them (in submission order) and return their infos."""
+        waiting = [p for p in pending if p.result is None]
+        self.executor.wait([p.future for p in waiting], lambda i, result: self._finished(waiting[i], result))
+        for p in pending:
+            extra = {k: p.result["info"][k] for k in p.keep} if p.result["status"] != "cached" else {}
+            host = {"host": p.result["host"]} if "host" in p.result and not self.inline else {}
+            self.progress.record(p.stage, p.result["status"], p.result["seconds"], slot=p.slot, **p.record, **extra,
+                                 **host)
+        return [p.result["info"] for p in pending]
+
+    def run(self, stage: Stage, compute: Callable[[Path], dict], **record: Any) -> dict:
+        """Compute ``stage`` here (not through the executor) unless it is done; return its info."""
+        if stage.done:
+            result = {"info": stage.info(), "status": "cached", "seconds": 0.0}
+        else:
+            result = run_unit(stage.dir, stage.parts, compute)
+        self.progress.record(stage, result["status"], result["seconds"], **record)
+        return result["info"]
 
 
 @dataclass(frozen=True)
@@ -440,6 +495,12 @@ def train_ranker_unit(folder: Path, item_space: ItemSpace, train_log: Interactio
     return {"metrics": metrics, "history": result.history, "best_epoch": result.best_epoch}
 
 
+def folder_free(unit: Callable[..., dict], folder: Path, **inputs: Any) -> dict:
+    """``unit(**inputs)``: a unit that writes no files (tuning, evaluation) as a
+    ``folder -> info`` stage unit (``partial(folder_free, unit, **inputs)``)."""
+    return unit(**inputs)
+
+
 @dataclass(frozen=True)
 class CurveSpec:
     """Learning-curve users: ``users`` users reset with env seed ``seed`` every ``every`` steps."""
@@ -622,15 +683,16 @@ def tuning_stage(runner: StageRunner, config: ExperimentConfig, env: EnvSetup, i
         units.append(("planning", 0, None))
     if "mmr" in config.agents:
         units += [("mmr", seed, rankers.stages[("fused", seed)].key) for seed in config.seeds]
-    tuned = {}
+    pending = []
     for kind, seed, ranker_key in units:
         stage = runner.stage("tune", ("recsim_mm", "envs", "agents"), kind=kind, env=env.key, items=items.key,
                              ranker=ranker_key, users=config.eval.tune_users,
                              seed=config.eval.tune_seed_offset + seed, device=device.type)
-        info = runner.run(stage, lambda folder, kind=kind, seed=seed: tune_unit(
-            kind, env, item_space, config.eval.tune_users, config.eval.tune_seed_offset + seed,
-            rankers.fused.get(seed)), strategy=kind, seed=seed)
-        tuned[(kind, seed)] = info["best"]
+        unit = partial(folder_free, tune_unit, kind=kind, env=env, item_space=item_space,
+                       num_users=config.eval.tune_users, seed=config.eval.tune_seed_offset + seed,
+                       ranker=rankers.fused.get(seed))
+        pending.append(runner.submit(stage, unit, strategy=kind, seed=seed))
+    tuned = {(kind, seed): info["best"] for (kind, seed, _), info in zip(units, runner.gather(pending), strict=True)}
     if tuned:
         print("      tuned on training users: " + ", ".join(
             f"{kind} {'horizon' if kind == 'planning' else f'diversity (seed {seed})'} {value:g}"
@@ -691,15 +753,13 @@ def rankers_stage(runner: StageRunner, config: ExperimentConfig, logs: Logs, ite
                           f"seeds), {len(stages) - todo} cached")
     result = Rankers(stages, {}, {})
     bar = runner.progress.bar(todo, "ranker", "model")
-    for (modality, seed), stage in stages.items():
-        def compute(folder: Path, modality=modality, seed=seed) -> dict:
-            info = train_ranker_unit(folder, item_space, logs.train, logs.test,
-                                     scorer_config(config, item_space.d_text, item_space.d_image, modality),
-                                     ranker_train_config(config, seed, str(device)), config.ranker.ndcg_k)
-            bar.update(1)
-            return info
-
-        result.offline.setdefault(modality, {})[seed] = runner.run(stage, compute)["metrics"]
+    pending = [runner.submit(stage, partial(
+        train_ranker_unit, item_space=item_space, train_log=logs.train, test_log=logs.test,
+        scorer=scorer_config(config, item_space.d_text, item_space.d_image, modality),
+        train=ranker_train_config(config, seed, str(device)), ndcg_k=config.ranker.ndcg_k),
+        on_done=lambda info: bar.update(1)) for (modality, seed), stage in stages.items()]
+    for ((modality, seed), stage), info in zip(stages.items(), runner.gather(pending), strict=True):
+        result.offline.setdefault(modality, {})[seed] = info["metrics"]
         if modality == "fused":
             result.fused[seed] = Ranker.load(stage.dir / "ranker.pt", item_space, device=device)
     bar.close()
@@ -715,8 +775,14 @@ class AgentRun:
 
 
 def agents_stage(runner: StageRunner, config: ExperimentConfig, env: EnvSetup, items: Stage,
-                 item_space: ItemSpace, rankers: Rankers, device: torch.device) -> dict[tuple[str, int], AgentRun]:
-    """Stage 4: every RL run (``algo-start``) per seed, warm-started from the ranker and/or cold."""
+                 item_space: ItemSpace, rankers: Rankers,
+                 device: torch.device) -> tuple[dict[tuple[str, int], AgentRun], Callable[[], None]]:
+    """Stage 4: every RL run (``algo-start``) per seed, warm-started from the ranker and/or cold.
+
+    Returns:
+        the runs, and ``wait()``, which returns once every run is trained: the runs are
+        submitted here and, under Ray, train while the tuning stage runs.
+    """
     runs: dict[tuple[str, int], AgentRun] = {}
     curves = bool(config.eval.curve_users and config.eval.curve_every)
     for algo, start in rl_runs(config):
@@ -735,23 +801,33 @@ def agents_stage(runner: StageRunner, config: ExperimentConfig, env: EnvSetup, i
     runner.progress.stage(4, "RL agents", f"{len(runs)} runs ({', '.join(f'{a}-{s}' for a, s in rl_runs(config)) or 'none'} "
                           f"x {len(config.seeds)} seeds), {len(runs) - len(todo)} cached, {total:,} steps to train")
     bar = runner.progress.bar(total, "agents", "step")
+    pending = []
     for (name, seed), run in runs.items():
-        def compute(folder: Path, name=name, seed=seed, run=run) -> dict:
-            bar.set_description(f"agents: {name} seed {seed}")
-            curve = CurveSpec(config.eval.curve_users, config.eval.curve_every,
-                              config.eval.curve_seed_offset + seed) if curves else None
-            info = train_agent_unit(
-                folder, run.config, env, item_space, ranker=rankers.fused[seed] if name.endswith("-warm") else None,
-                reward_ranker=rankers.fused[seed] if getattr(config, run.config.algo).reward == "ranker" else None,
-                curve=curve, callbacks=(ProgressCallback(bar),))
+        def done(info: dict, name=name, seed=seed, run=run) -> None:
+            if not runner.inline:  # a local run's bar counts every step (ProgressCallback)
+                bar.set_description(f"agents: {name} seed {seed} done")
+                bar.update(run.config.total_steps)
             if info["resumed_from"] is not None:
                 tqdm.write(f"      {name} seed {seed}: resumed from its checkpoint at step "
                            f"{info['resumed_from']:,}", file=sys.stdout)
-            return info
 
-        runner.run(run.stage, compute, keep=("num_timesteps",), strategy=name, seed=seed)
-    bar.close()
-    return runs
+        if runner.inline and not run.stage.done:
+            bar.set_description(f"agents: {name} seed {seed}")
+        curve = CurveSpec(config.eval.curve_users, config.eval.curve_every,
+                          config.eval.curve_seed_offset + seed) if curves else None
+        unit = partial(
+            train_agent_unit, agent=run.config, env=env, item_space=item_space,
+            ranker=rankers.fused[seed] if name.endswith("-warm") else None,
+            reward_ranker=rankers.fused[seed] if getattr(config, run.config.algo).reward == "ranker" else None,
+            curve=curve, callbacks=(ProgressCallback(bar),) if runner.inline else ())
+        pending.append(runner.submit(run.stage, unit, resumable=True, keep=("num_timesteps",), on_done=done,
+                                     strategy=name, seed=seed))
+
+    def wait() -> None:
+        runner.gather(pending)
+        bar.close()
+
+    return runs, wait
 
 
 def policy_spec(name: str, seed: int, logs: Logs, rankers: Rankers,
@@ -791,18 +867,20 @@ def evaluation_stage(runner: StageRunner, config: ExperimentConfig, env: EnvSetu
                           f"{config.eval.num_users} held-out users each, {len(stages) - todo} cached")
     results = report.EnvResults(env.id, strategies, list(config.seeds))
     bar = runner.progress.bar(todo, "evaluation", "run")
+    pending = []
     for (name, seed), stage in stages.items():
-        def compute(folder: Path, name=name, seed=seed) -> dict:
+        def done(info: dict, name=name, seed=seed) -> None:
             bar.set_description(f"evaluation: {name} seed {seed}")
-            curve = None
-            if name == "greedy" and config.eval.curve_users and config.eval.curve_every:
-                curve = (config.eval.curve_users, config.eval.curve_seed_offset + seed)
-            info = evaluate_unit(policy_spec(name, seed, logs, rankers, agents, tuned), env, item_space,
-                                 config.eval.num_users, config.eval.seed_offset + seed, logs.popularity, curve)
             bar.update(1)
-            return info
 
-        info = runner.run(stage, compute, strategy=name, seed=seed)
+        curve = None
+        if name == "greedy" and config.eval.curve_users and config.eval.curve_every:
+            curve = (config.eval.curve_users, config.eval.curve_seed_offset + seed)
+        unit = partial(folder_free, evaluate_unit, policy=policy_spec(name, seed, logs, rankers, agents, tuned),
+                       env=env, item_space=item_space, num_users=config.eval.num_users,
+                       seed=config.eval.seed_offset + seed, popularity=logs.popularity, curve=curve)
+        pending.append(runner.submit(stage, unit, on_done=done, strategy=name, seed=seed))
+    for ((name, seed), _), info in zip(stages.items(), runner.gather(pending), strict=True):
         results.metrics.setdefault(name, {})[seed] = info["summary"]
         if info["curve_level"] is not None:
             results.curve_levels.setdefault(name, {})[seed] = info["curve_level"]
@@ -837,8 +915,9 @@ def run_environment(runner: StageRunner, config: ExperimentConfig, env: EnvSetup
     """Stages 2-5 on one environment, and what the report needs from them."""
     logs = logs_stage(runner, config, env, items, item_space, device)
     rankers = rankers_stage(runner, config, logs, item_space, device)
-    agents = agents_stage(runner, config, env, items, item_space, rankers, device)
+    agents, agents_trained = agents_stage(runner, config, env, items, item_space, rankers, device)
     tuned = tuning_stage(runner, config, env, items, item_space, rankers, device)
+    agents_trained()
     results = evaluation_stage(runner, config, env, items, item_space, logs, rankers, agents, tuned, device)
     results.tuned = {f"{kind}" if kind == "planning" else f"{kind}-seed{seed}": value
                      for (kind, seed), value in tuned.items()}
@@ -887,9 +966,23 @@ def main(argv: list[str] | None = None) -> Path:
         torch.set_num_threads(threads)
     inputs = check_inputs(config)
     device = inputs["device"]
-    runner = StageRunner(inputs["cache_dir"], Progress(config.progress))
-    runner.progress.stage(0, "configuration", f"preset resolved, inputs checked; device {device}, "
-                          f"{torch.get_num_threads()} torch thread(s), cache {runner.cache_dir}")
+    executor = make_executor(config, gpu=device.type == "cuda")  # Ray is imported only here, if asked for
+    try:
+        executor.check_writable({"results_dir": inputs["results_dir"], "cache_dir": inputs["cache_dir"]})
+        runner = StageRunner(inputs["cache_dir"], Progress(config.progress), executor)
+        where = executor.describe() if not runner.inline else "this process"
+        runner.progress.stage(0, "configuration", f"preset resolved, inputs checked; device {device}, "
+                              f"{torch.get_num_threads()} torch thread(s), cache {runner.cache_dir}; units run in "
+                              f"{where}")
+        return run_experiment(runner, config, inputs, started_at, t0)
+    finally:
+        executor.close()
+
+
+def run_experiment(runner: StageRunner, config: ExperimentConfig, inputs: dict, started_at: str,
+                   t0: float) -> Path:
+    """Stages 1-6 of `main` once the inputs are checked and the executor is ready."""
+    device = inputs["device"]
     items, item_space = item_space_stage(runner, config, inputs)
     for env in inputs["envs"]:
         check_user_model(config, env, item_space)
@@ -945,4 +1038,8 @@ def cli() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    # Run the module as `experiments.run`, not `__main__`, so the stage units it ships to
+    # Ray workers are found there by name (a `__main__` function would travel by value).
+    from experiments.run import cli as package_cli
+
+    sys.exit(package_cli())

@@ -5,7 +5,10 @@ image pixels/bytes), so a second run over the same catalog reads every vector fr
 disk and never loads the encoder, and a changed item is re-encoded alone. Files are
 written atomically (temporary file + ``os.replace``) and carry a checksum; a file
 that is corrupt, truncated or belongs to another encoder is reported with a
-`CacheWarning`, ignored and rebuilt, never used.
+`CacheWarning`, ignored and rebuilt, never used. An `embed` call that may write holds
+a lock on ``<file>.lock`` (`recsim_mm.files.file_lock`) from its read to its write, so
+processes sharing the cache folder (on one machine or a shared file system) neither
+encode the same rows twice at the same time nor drop each other's rows.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any, Protocol
 
 import torch
 
-from recsim_mm.files import atomic_torch_save
+from recsim_mm.files import atomic_torch_save, file_lock
 
 FORMAT = "recsim_mm.EmbeddingCache/1"
 
@@ -96,6 +99,18 @@ class EmbeddingCache:
             raise ValueError(f"{len(inputs)} inputs but {len(keys)} keys; expected one key per input")
         identity = encoder.identity
         path = self.path_for(identity)
+        stored, _ = self._read(path, identity, quiet=True)
+        if stored is not None and set(keys) <= set(stored[0]):  # all on disk: a read needs no lock
+            self.last_stats = CacheStats(hits=len(keys))
+            row_of = {k: i for i, k in enumerate(stored[0])}
+            return stored[1][torch.tensor([row_of[k] for k in keys], dtype=torch.long)]
+        with file_lock(path.with_name(path.name + ".lock")):
+            return self._embed_locked(encoder, inputs, keys, identity, path)
+
+    def _embed_locked(self, encoder: Encoder, inputs: Sequence[Any], keys: Sequence[str], identity: str,
+                      path: Path) -> torch.Tensor:
+        """`embed` under the file's lock: re-read (another process may have written rows
+        meanwhile), encode the missing rows, write the merged file."""
         stored, rebuilt = self._read(path, identity)
         stored_keys, stored_vectors = stored if stored is not None else ([], None)
         row_of = {k: i for i, k in enumerate(stored_keys)}
@@ -150,9 +165,11 @@ class EmbeddingCache:
         }
         atomic_torch_save(payload, path)
 
-    def _read(self, path: Path, identity: str) -> tuple[tuple[list[str], torch.Tensor] | None, bool]:
+    def _read(self, path: Path, identity: str,
+              quiet: bool = False) -> tuple[tuple[list[str], torch.Tensor] | None, bool]:
         """``((keys, vectors), False)`` for a valid file, ``(None, False)`` for no file,
-        ``(None, True)`` after warning about an unusable one."""
+        ``(None, True)`` after warning about an unusable one (no warning with ``quiet``:
+        the lock-free first look, which the locked re-read repeats)."""
         if not path.exists():
             return None, False
         problem = None
@@ -164,6 +181,8 @@ class EmbeddingCache:
         if problem is None:
             problem = self._validate(payload, identity)
         if problem is not None:
+            if quiet:
+                return None, True
             warnings.warn(
                 f"embedding cache {path} is {problem}; ignoring it and re-encoding", CacheWarning, stacklevel=3
             )

@@ -12,15 +12,30 @@ One helper per job, used by every module that writes results or caches:
   payload's ``format`` tag, with errors that name the file.
 - `source_hash`: a short SHA-256 of Python sources, so a cache key covers the code
   that produced the cached result.
+- `file_lock`: an exclusive ``fcntl.flock`` on a lock file, so processes sharing a
+  folder (several runs, or Ray workers on several nodes of one shared file system)
+  compute a cached result once: take the lock, check whether it is finished, compute
+  and publish it only if not. The kernel drops the lock when its holder dies, so a
+  killed worker never blocks the next one.
+
+NFS caveat: ``flock`` is coordinated between machines only where the file system
+supports it (Linux maps it onto NFS byte-range locks, NFSv4 or NFSv3 with a working
+``lockd``; a ``nolock`` mount makes it node-local, and some FUSE/object-store mounts
+ignore it). Where it is node-local, two nodes may compute the same result at the same
+time; each publishes atomically, so the result is still whole, only computed twice.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import socket
 import tempfile
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -99,3 +114,42 @@ def source_hash(files: Iterable[str | Path], root: str | Path | None = None, len
             name = file.relative_to(root) if root is not None else Path(file.name)
             h.update(str(name).encode() + b"\0" + file.read_bytes())
     return h.hexdigest()[:length]
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path, timeout: float | None = None) -> Iterator[Path]:
+    """Hold an exclusive ``fcntl.flock`` on ``path`` (created if missing) for the ``with`` block.
+
+    The holder writes ``"<host> <pid>"`` into the file, so a waiting process (or a person)
+    can see who holds it. The lock is released when the block ends or the holding process
+    dies (the kernel closes its descriptor); the file itself is left in place, so it is
+    never deleted under a process that is about to lock it. See the module docstring for
+    the NFS caveat.
+
+    Args:
+        path: the lock file, e.g. ``<cache_dir>/.<stage>-<key>.lock``.
+        timeout: seconds to wait for the lock; None waits as long as it takes.
+
+    Raises:
+        TimeoutError: the lock was not acquired within ``timeout``, naming the file and
+            its holder.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (fcntl.LOCK_NB if deadline is not None else 0))
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = path.read_text(errors="replace").strip() or "unknown"
+                    raise TimeoutError(f"{path}: lock held by {holder} for more than {timeout} s") from None
+                time.sleep(0.05)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{socket.gethostname()} {os.getpid()}\n".encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock

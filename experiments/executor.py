@@ -1,0 +1,306 @@
+"""Where stage units run: in this process (`LocalExecutor`) or as Ray tasks (`RayExecutor`).
+
+`experiments.run.StageRunner` hands every unit that is not cached to an executor as
+``run_unit(stage_dir, depends_on, unit, resumable, threads)``; `run_unit` is the same
+code in both cases, so a unit computes the same thing wherever it runs:
+
+1. take the stage's lock (``<cache_dir>/.<stage>-<key>.lock``, `recsim_mm.files.file_lock`),
+   so two processes that need one stage (two runs sharing a cache, two sweep trials)
+   compute it once: the second waits, then finds ``done.json`` and reuses it;
+2. if ``done.json`` appeared meanwhile, return it (``cached``);
+3. otherwise compute: a stage that cannot resume in a fresh temporary folder beside
+   the stage folder (``.<stage>-<key>.<host>-<pid>.tmp``), an agent run in the stage
+   folder itself, where its ``checkpoint.pt`` (written atomically every
+   ``checkpoint_every`` steps) lets a later attempt resume;
+4. publish: write ``done.json`` last (atomically), then rename the temporary folder to
+   the stage folder (replacing what an interrupted attempt left). A worker killed
+   before that leaves no ``done.json`` in the stage folder, so no later run mistakes
+   it for a finished stage; where the lock is not effective (see `recsim_mm.files`),
+   the rename publishes one whole result and the other process reuses it.
+
+`LocalExecutor` calls `run_unit` at once, in order (today's single-process run; Ray is
+never imported). `RayExecutor` submits it as a ``ray.remote`` task with the unit's
+CPU/GPU request and ``max_retries`` (a worker that dies is replaced and the unit re-run:
+an agent resumes from its checkpoint), and `RayExecutor.wait` collects the results as
+tasks finish. Ray is imported only by `RayExecutor`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from recsim_mm.files import file_lock, write_json
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def lock_path(stage_dir: Path) -> Path:
+    """The lock file of a stage folder: ``<parent>/.<folder name>.lock``."""
+    return stage_dir.parent / f".{stage_dir.name}.lock"
+
+
+def run_unit(stage_dir: Path, depends_on: dict, unit: Callable[[Path], dict], resumable: bool = False,
+             threads: int | None = None) -> dict:
+    """Compute one stage unit under its lock and publish it (see the module docstring).
+
+    Args:
+        stage_dir: the stage folder ``<cache_dir>/<stage>-<key>/``.
+        depends_on: what the stage's key hashes (recorded in ``done.json``).
+        unit: ``folder -> info`` (a JSON-able dict), the unit's computation.
+        resumable: the unit resumes from what an interrupted attempt left (agent runs,
+            from ``checkpoint.pt``): it computes in the stage folder itself. Any other
+            unit computes in a fresh temporary folder beside it, renamed to the stage
+            folder once ``done.json`` is written in it.
+        threads: torch CPU threads for the unit; None leaves the process's setting.
+
+    Returns:
+        ``{"info": done.json's content, "status": "computed" | "resumed from step N" |
+        "cached", "seconds": wall time of the unit, "host": "<hostname>:<pid>"}``.
+    """
+    started = time.perf_counter()
+    host = f"{socket.gethostname()}:{os.getpid()}"
+    done = stage_dir / "done.json"
+
+    def cached() -> dict:
+        return {"info": json.loads(done.read_text()), "status": "cached", "seconds": 0.0, "host": host}
+
+    with file_lock(lock_path(stage_dir)):
+        if done.is_file():  # another process finished it while this one waited
+            return cached()
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
+        if resumable:
+            stage_dir.mkdir(parents=True, exist_ok=True)
+            info = unit(stage_dir)
+            write_json(done, {"depends_on": depends_on, **info})
+        else:
+            work = stage_dir.with_name(f".{stage_dir.name}.{socket.gethostname()}-{os.getpid()}.tmp")
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            try:
+                info = unit(work)
+                write_json(work / "done.json", {"depends_on": depends_on, **info})
+                if stage_dir.exists() and not done.is_file():  # what an interrupted attempt left
+                    shutil.rmtree(stage_dir)
+                try:
+                    os.rename(work, stage_dir)
+                except OSError:  # published meanwhile by a process the lock did not stop (see files.py)
+                    if not done.is_file():
+                        raise
+                    return cached()
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+    resumed = info.get("resumed_from")
+    return {"info": json.loads(done.read_text()),
+            "status": "computed" if resumed is None else f"resumed from step {resumed}",
+            "seconds": round(time.perf_counter() - started, 2), "host": host}
+
+
+class Future:
+    """A unit's result that is already known (what `LocalExecutor.submit` returns)."""
+
+    def __init__(self, value: dict):
+        self.value = value
+
+
+class LocalExecutor:
+    """Runs every unit in this process, at submission, in order: the default executor."""
+
+    #: Units run in the driver, so they may report progress to its progress bars.
+    inline = True
+
+    def submit(self, stage_dir: Path, depends_on: dict, unit: Callable[[Path], dict],
+               resumable: bool = False) -> Future:
+        """Run the unit now (`run_unit`); its result is ready on return."""
+        return Future(run_unit(stage_dir, depends_on, unit, resumable))
+
+    def wait(self, futures: Sequence[Future], on_result: Callable[[int, dict], None]) -> None:
+        """Call ``on_result(i, result)`` for every future, in order (all are done)."""
+        for i, future in enumerate(futures):
+            on_result(i, future.value)
+
+    def check_writable(self, folders: dict[str, Path]) -> None:
+        """Nothing to add: the driver's own check (`experiments.run.check_writable`) covers it."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class RayExecutor:
+    """Runs units as Ray tasks on a local Ray instance or an existing cluster.
+
+    Args:
+        config: the experiment's ``ray`` section (`experiments.config.RayConfig`).
+        gpu: whether units run on CUDA (``device`` resolved to a GPU): each then asks
+            for ``ray.gpus_per_task`` of a GPU.
+
+    Raises:
+        experiments.config.ConfigError: Ray is not installed, or ``ray.address`` cannot
+            be reached (raised here, before anything is trained).
+    """
+
+    inline = False
+
+    def __init__(self, config: Any, gpu: bool = False):
+        from experiments.config import ConfigError
+
+        try:
+            import ray
+        except ImportError as exc:
+            raise ConfigError(
+                f"config key 'executor' = 'ray': Ray is not installed in this Python ({exc}); install it "
+                "with `.venv/bin/python -m pip install -e '.[ray]'` (or `ray[tune]>=2.9`), or use "
+                "executor=local") from None
+        self.ray, self.config = ray, config
+        self.owns = not ray.is_initialized()  # shut down on close only what this run started
+        if self.owns:
+            address = config.address
+            if address not in (None, "auto"):
+                check_reachable(address)
+            # Workers import this checkout (the shared file system holds it at the same path).
+            path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+            try:
+                # "local" starts a fresh instance even where a cluster already runs on this machine
+                # (address=None would join it).
+                ray.init(address=address or "local", num_cpus=config.num_cpus if address is None else None,
+                         include_dashboard=False, configure_logging=False, log_to_driver=True,
+                         runtime_env={"env_vars": {"PYTHONPATH": path}},
+                         # Ray runs workers at niceness 15 by default: beside other jobs they would
+                         # run slower than executor=local's process. An existing cluster keeps its own.
+                         **({"_system_config": {"worker_niceness": 0}} if address is None else {}))
+            except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
+                raise ConfigError(f"config key 'ray.address' = {address!r}: cannot connect to the Ray "
+                                  f"cluster ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+                                  ) from None
+        self.threads = max(1, int(config.cpus_per_task))
+        options: dict[str, Any] = {"num_cpus": config.cpus_per_task, "max_retries": config.max_retries,
+                                   "retry_exceptions": False}
+        if gpu:
+            options["num_gpus"] = config.gpus_per_task
+        self.task = ray.remote(run_unit).options(**options)
+        resources = ray.cluster_resources()
+        if resources.get("CPU", 0) < config.cpus_per_task:
+            self.close()
+            raise ConfigError(f"config key 'ray.cpus_per_task' = {config.cpus_per_task}: the cluster has "
+                              f"{resources.get('CPU', 0):g} CPUs")
+        if gpu and resources.get("GPU", 0) < config.gpus_per_task:
+            self.close()
+            raise ConfigError(f"config key 'device': units run on CUDA but the Ray cluster has "
+                              f"{resources.get('GPU', 0):g} GPUs; use device=cpu or add GPU nodes")
+
+    def describe(self) -> str:
+        """One line: where the tasks run (nodes, CPUs, GPUs)."""
+        nodes = [n for n in self.ray.nodes() if n.get("Alive")]
+        res = self.ray.cluster_resources()
+        return (f"Ray: {len(nodes)} node(s), {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs; "
+                f"{self.config.cpus_per_task:g} CPU(s) per task")
+
+    def submit(self, stage_dir: Path, depends_on: dict, unit: Callable[[Path], dict], resumable: bool = False):
+        """Submit `run_unit` as a Ray task; returns its ``ObjectRef``."""
+        return self.task.remote(stage_dir, depends_on, unit, resumable, self.threads)
+
+    def wait(self, futures: Sequence[Any], on_result: Callable[[int, dict], None]) -> None:
+        """Call ``on_result(i, result)`` as each task finishes (any order).
+
+        Raises:
+            the unit's own exception (a failing unit is not retried), or Ray's error for
+            a worker that died more than ``ray.max_retries`` times; the other tasks are
+            cancelled.
+        """
+        index = {ref: i for i, ref in enumerate(futures)}
+        pending = list(futures)
+        try:
+            while pending:
+                ready, pending = self.ray.wait(pending, num_returns=1)
+                for ref in ready:
+                    on_result(index[ref], self.ray.get(ref))
+        except self.ray.exceptions.RayTaskError as exc:
+            self._cancel(pending)
+            raise exc.as_instanceof_cause() from None
+        except BaseException:
+            self._cancel(pending)
+            raise
+
+    def _cancel(self, refs: Sequence[Any]) -> None:
+        for ref in refs:
+            self.ray.cancel(ref, force=True)
+
+    def check_writable(self, folders: dict[str, Path]) -> None:
+        """Prove on every alive node that a worker can write each folder.
+
+        Args:
+            folders: ``{config key: folder}``, e.g. ``{"results_dir": ..., "cache_dir": ...}``.
+
+        Raises:
+            experiments.config.ConfigError: naming the key, the folder and the node whose
+                worker could not write it (a path that is not on storage every node sees).
+        """
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from experiments.config import ConfigError
+
+        probe = self.ray.remote(num_cpus=0, max_retries=0)(_probe_writable)
+        nodes = [n for n in self.ray.nodes() if n.get("Alive")]
+        refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                .remote({k: str(v) for k, v in folders.items()}) for n in nodes]
+        for node, problems in zip(nodes, self.ray.get(refs), strict=True):
+            for key, (folder, error) in problems.items():
+                raise ConfigError(f"config key {key!r}: folder {folder!r} is not writable by a Ray worker on "
+                                  f"node {node.get('NodeManagerAddress')} ({error}); results and cache must be "
+                                  "on storage every node sees (docs/scaling.md)")
+
+    def close(self) -> None:
+        """Shut Ray down if this executor started it (a connection made before is kept)."""
+        if self.owns and self.ray.is_initialized():
+            self.ray.shutdown()
+
+
+def _probe_writable(folders: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """On a worker: ``{key: (folder, error)}`` for each folder it cannot create a file in."""
+    problems = {}
+    for key, folder in folders.items():
+        probe = Path(folder) / f".write-test-{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        try:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            problems[key] = (folder, f"{type(exc).__name__}: {exc}")
+    return problems
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast (before Ray's own long retries) when ``address`` has no listener.
+
+    Raises:
+        experiments.config.ConfigError: naming ``ray.address``, the address and the error.
+    """
+    from experiments.config import ConfigError
+
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"config key 'ray.address' = {address!r}: expected 'host:port', 'ray://host:port' "
+                          "or 'auto'")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"config key 'ray.address' = {address!r}: no Ray cluster reachable there "
+                          f"({type(exc).__name__}: {exc}); start one with `ray start --head` or fix the "
+                          "address") from None
+
+
+def make_executor(config: Any, gpu: bool = False) -> LocalExecutor | RayExecutor:
+    """The executor ``config.executor`` names (``ray`` imports Ray and connects)."""
+    return RayExecutor(config.ray, gpu=gpu) if config.executor == "ray" else LocalExecutor()
