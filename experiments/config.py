@@ -50,7 +50,10 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 BASELINE_AGENTS = ("random", "popular", "longest", "oracle", "linucb")
 RANKER_AGENTS = ("greedy", "mmr")
 REFERENCE_AGENTS = REFERENCE_NAMES
-RL_AGENTS = ("ppo", "dqn")
+RL_AGENTS = ("ppo", "dqn", "slateq")
+#: RL agents for one recommendation per step / for slates (PPO acts on both).
+SINGLE_ITEM_RL = ("ppo", "dqn")
+SLATE_RL = ("ppo", "slateq")
 KNOWN_AGENTS = (*BASELINE_AGENTS, *RANKER_AGENTS, *REFERENCE_AGENTS, *RL_AGENTS)
 #: The default experiment's environments (`make run`): the long-term-effects suite.
 SUITE = ("recsim_mm/InterestEvolution-v0", "recsim_mm/Satiation-v0", "recsim_mm/Myopic-v0")
@@ -189,7 +192,8 @@ SCORER_DATA_FIELDS = ("d_text", "d_image", "modality", "max_history", "user_feat
 RANKER_RUN_FIELDS = ("seed", "device", "checkpoint_path", "tensorboard_dir", "num_threads")
 #: `AgentConfig` fields of each algorithm's section (the rest are set per run or not offered).
 AGENT_SHARED_FIELDS = ("total_steps", "num_envs", "learning_rate", "gamma", "checkpoint_every")
-PPO_FIELDS = (*AGENT_SHARED_FIELDS, "n_steps", "batch_size", "n_epochs", "gae_lambda", "ent_coef", "clip_range")
+PPO_FIELDS = (*AGENT_SHARED_FIELDS, "n_steps", "batch_size", "n_epochs", "gae_lambda", "ent_coef", "clip_range",
+              "kl_coef", "bc_epochs", "bc_lr")
 DQN_FIELDS = (*AGENT_SHARED_FIELDS, "buffer_size", "learning_starts", "train_freq", "gradient_steps",
               "target_update_interval", "exploration_fraction", "exploration_final_eps")
 #: What every RL section adds to its `AgentConfig` fields.
@@ -223,6 +227,13 @@ DQNSection = library_view(
     "DQNSection", AgentConfig, DQN_FIELDS,
     """DQN: `agents.train.AgentConfig`'s shared and DQN fields (`DQN_FIELDS`), plus
     ``warm_start``, ``cold_start`` and ``reward`` as for `PPOSection`.""",
+    extra=AGENT_EXTRA)
+
+SlateQSection = library_view(
+    "SlateQSection", AgentConfig, DQN_FIELDS,
+    """SlateQ (`agents.slateq`, slate environments only): the same fields as `DQNSection`
+    (SlateQ is SB3's DQN with decomposed slate values), plus ``warm_start``,
+    ``cold_start`` and ``reward``.""",
     extra=AGENT_EXTRA)
 
 
@@ -327,6 +338,7 @@ class ExperimentConfig:
     ranker: RankerSection = field(default_factory=RankerSection)
     ppo: PPOSection = field(default_factory=PPOSection)
     dqn: DQNSection = field(default_factory=DQNSection)
+    slateq: SlateQSection = field(default_factory=SlateQSection)
     eval: EvalConfig = field(default_factory=EvalConfig)
     executor: str = "local"
     ray: RayConfig = field(default_factory=RayConfig)
@@ -654,6 +666,8 @@ def validate(config: ExperimentConfig) -> None:
             _require(section.warm_start or section.cold_start, f"{algo}.warm_start", section.warm_start,
                      f"true, or {algo}.cold_start=true: agent {algo!r} is listed in 'agents'")
         _library_checked(algo, lambda algo=algo: agent_config(c, algo, 0, "cpu"))
+    _require(not (c.ppo.kl_coef and c.ppo.cold_start), "ppo.kl_coef", c.ppo.kl_coef,
+             "0 with ppo.cold_start=true (the KL prior is the warm start's ranker; a cold run has none)")
 
 
 def _get(config: Any, key: str) -> Any:

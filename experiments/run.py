@@ -66,6 +66,7 @@ from agents.baselines import MMRRecommender, PopularRecommender, make_baseline  
 from agents.callbacks import LearningCurveCallback, ProgressCallback  # noqa: E402
 from agents.evaluation import evaluate_recommender  # noqa: E402
 from agents.references import MyopicOracle, PlanningReference, tune_planning_horizon  # noqa: E402
+from agents.slateq import check_choice_model  # noqa: E402
 from agents.tracing import trace_hidden_state  # noqa: E402
 from agents.train import (  # noqa: E402
     AgentConfig,
@@ -82,6 +83,8 @@ from experiments.config import (  # noqa: E402
     RANKER_AGENTS,
     REFERENCE_AGENTS,
     RL_AGENTS,
+    SINGLE_ITEM_RL,
+    SLATE_RL,
     ConfigError,
     ExperimentConfig,
     agent_config,
@@ -426,9 +429,19 @@ def check_inputs(config: ExperimentConfig) -> dict[str, Any]:
     setups = [environment_setup(config, device, env_id) for env_id in env_ids(config)]
     rl = [a for a in config.agents if a in RL_AGENTS]
     for env in setups:
-        if rl and env.slate_size is not None:
-            raise ConfigError(f"config key 'agents': {rl} recommend one item per step, but env.id "
-                              f"{env.id!r} asks for slates; use a non-Slate id or drop them")
+        wrong = [a for a in rl if a not in (SLATE_RL if env.slate_size is not None else SINGLE_ITEM_RL)]
+        if wrong and env.slate_size is not None:
+            raise ConfigError(f"config key 'agents': {wrong} recommend one item per step, but env.id "
+                              f"{env.id!r} asks for slates; on slates use {list(SLATE_RL)}")
+        if wrong:
+            raise ConfigError(f"config key 'agents': {wrong} needs a slate environment (a ...Slate-v0 id); "
+                              f"env.id {env.id!r} recommends one item per step (use dqn)")
+        if "slateq" in rl:
+            try:
+                # the environment's own user model, on a small random catalog (no encoding yet)
+                check_choice_model(env.vector_env(1, ItemSpace.random(64, 4, 4)).simulator)
+            except ValueError as exc:
+                raise ConfigError(f"config key 'agents': {exc}") from None
         try:
             resolve_user_model(env.options["user_model"])
         except (ValueError, TypeError) as exc:
@@ -512,7 +525,8 @@ class CurveSpec:
 
 def train_agent_unit(folder: Path, agent: AgentConfig, env: EnvSetup, item_space: ItemSpace,
                      ranker: Ranker | None = None, reward_ranker: Ranker | None = None,
-                     curve: CurveSpec | None = None, callbacks: tuple = ()) -> dict:
+                     curve: CurveSpec | None = None, callbacks: tuple = (),
+                     bc_log: InteractionLog | None = None) -> dict:
     """Train (or resume) one (agent, seed) run in ``folder`` (``checkpoint.pt``, ``tensorboard/``,
     ``curve.json``).
 
@@ -521,6 +535,7 @@ def train_agent_unit(folder: Path, agent: AgentConfig, env: EnvSetup, item_space
         reward_ranker: a ranker whose predicted engagement replaces the simulator's reward.
         curve: learning-curve users, or None for no curve.
         callbacks: extra SB3 callbacks (e.g. a progress bar).
+        bc_log: the training log, for ``agent.bc_epochs`` of behaviour cloning before RL.
 
     Returns:
         ``{"num_timesteps", "resumed_from" (step of the checkpoint resumed, or None)}``.
@@ -533,7 +548,8 @@ def train_agent_unit(folder: Path, agent: AgentConfig, env: EnvSetup, item_space
     if curve is not None:
         callbacks.append(LearningCurveCallback(env.vector_env(curve.users, item_space), curve.seed, curve.every,
                                                item_space.fused, folder / "curve.json"))
-    outcome = train_agent(agent, env.id, options, item_space, folder, ranker=ranker, callbacks=callbacks)
+    outcome = train_agent(agent, env.id, options, item_space, folder, ranker=ranker, callbacks=callbacks,
+                          bc_log=bc_log if agent.bc_epochs else None)
     return {"num_timesteps": outcome.num_timesteps, "resumed_from": outcome.resumed_from}
 
 
@@ -568,8 +584,10 @@ def build_policy(spec: PolicySpec, env: EnvSetup, item_space: ItemSpace) -> Any:
         return make_baseline(spec.name, item_space.fused, popularity=spec.popularity, duration=item_space.duration,
                              ranker=spec.ranker, objective=reward, slate_size=env.slate_size, seed=spec.seed)
     venv = make_env(spec.agent, env.id, {**env.options, "item_space": item_space})
-    model = build_agent(spec.agent, venv, item_space)
-    model.policy.load_state_dict(load_agent_checkpoint(spec.checkpoint, spec.agent, item_space)["policy"])
+    # the KL prior and behaviour cloning act in training only: the trained weights are all there is
+    model = build_agent(dataclasses.replace(spec.agent, kl_coef=0.0, bc_epochs=0), venv, item_space)
+    weights = load_agent_checkpoint(spec.checkpoint, spec.agent, item_space)["policy"]
+    model.policy.load_state_dict({k: v for k, v in weights.items() if not k.startswith("prior.")})
     return model
 
 
@@ -775,7 +793,7 @@ class AgentRun:
 
 
 def agents_stage(runner: StageRunner, config: ExperimentConfig, env: EnvSetup, items: Stage,
-                 item_space: ItemSpace, rankers: Rankers,
+                 item_space: ItemSpace, logs: Logs, rankers: Rankers,
                  device: torch.device) -> tuple[dict[tuple[str, int], AgentRun], Callable[[], None]]:
     """Stage 4: every RL run (``algo-start``) per seed, warm-started from the ranker and/or cold.
 
@@ -794,6 +812,7 @@ def agents_stage(runner: StageRunner, config: ExperimentConfig, env: EnvSetup, i
                 "agent", ("recsim_mm", "envs", "agents"), items=items.key, env=env.key,
                 agent=dataclasses.asdict(agent), start=start, reward=section.reward,
                 ranker=rankers.stages[("fused", seed)].key if uses_ranker else None,
+                logs=logs.stage.key if agent.bc_epochs else None,
                 curve=[config.eval.curve_users, config.eval.curve_every, config.eval.curve_seed_offset + seed],
                 device=device.type), agent)
     todo = {k: r for k, r in runs.items() if not r.stage.done}
@@ -819,7 +838,8 @@ def agents_stage(runner: StageRunner, config: ExperimentConfig, env: EnvSetup, i
             train_agent_unit, agent=run.config, env=env, item_space=item_space,
             ranker=rankers.fused[seed] if name.endswith("-warm") else None,
             reward_ranker=rankers.fused[seed] if getattr(config, run.config.algo).reward == "ranker" else None,
-            curve=curve, callbacks=(ProgressCallback(bar),) if runner.inline else ())
+            curve=curve, callbacks=(ProgressCallback(bar),) if runner.inline else (),
+            bc_log=logs.train if run.config.bc_epochs else None)
         pending.append(runner.submit(run.stage, unit, resumable=True, keep=("num_timesteps",), on_done=done,
                                      strategy=name, seed=seed))
 
@@ -915,7 +935,7 @@ def run_environment(runner: StageRunner, config: ExperimentConfig, env: EnvSetup
     """Stages 2-5 on one environment, and what the report needs from them."""
     logs = logs_stage(runner, config, env, items, item_space, device)
     rankers = rankers_stage(runner, config, logs, item_space, device)
-    agents, agents_trained = agents_stage(runner, config, env, items, item_space, rankers, device)
+    agents, agents_trained = agents_stage(runner, config, env, items, item_space, logs, rankers, device)
     tuned = tuning_stage(runner, config, env, items, item_space, rankers, device)
     agents_trained()
     results = evaluation_stage(runner, config, env, items, item_space, logs, rankers, agents, tuned, device)

@@ -243,10 +243,37 @@ def test_user_catalog_and_text_model_folder_on_a_slate_environment_without_rl(tm
     diversity = {r["strategy"]: float(r["value"]) for r in rows if r["metric"] == "intra_list_diversity"}
     assert set(diversity) == {"random", "popular", "greedy"} and all(0 < v <= 2 for v in diversity.values())
     assert not list((run_dir / "checkpoints").glob("ppo*"))
-    # RL agents act on one item per step: asking for them on a slate env is an error before training.
-    with pytest.raises(ConfigError, match=r"config key 'agents': \['ppo'\] recommend one item per step"):
-        main([*TINY, "env.id=recsim_mm/SatiationSlate-v0", "agents=[greedy,ppo]",
+    # DQN acts on one item per step, SlateQ on slates: the wrong pairing is an error before training.
+    with pytest.raises(ConfigError, match=r"config key 'agents': \['dqn'\] recommend one item per step"):
+        main([*TINY, "env.id=recsim_mm/SatiationSlate-v0", "agents=[greedy,dqn]",
               f"results_dir={tmp_path / 'results'}"])
+
+
+def test_slateq_and_kl_keys_are_checked_before_training(tmp_path):
+    results = f"results_dir={tmp_path / 'results'}"
+    with pytest.raises(ConfigError, match=r"\['slateq'\] needs a slate environment"):
+        main([*TINY, "agents=[greedy,slateq]", results])
+    with pytest.raises(ConfigError, match="choose by Cascade"):
+        main([*TINY, "env.id=recsim_mm/SatiationSlate-v0", "agents=[slateq]", "user_params={choice_model:cascade}",
+              results])
+    with pytest.raises(ConfigError, match="ppo.kl_coef"):
+        main([*TINY, "agents=[ppo]", "ppo.kl_coef=0.5", "ppo.cold_start=true", results])
+    with pytest.raises(ConfigError, match="ppo.bc_epochs"):
+        main([*TINY, "agents=[ppo]", "ppo.bc_epochs=-1", results])
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").glob("*-*"))
+
+
+@pytest.mark.slow
+def test_slate_environment_trains_ppo_with_kl_and_cloning_and_slateq(tmp_path):
+    tiny = [t for t in TINY if not t.startswith("dqn.")] + [
+        "slateq.total_steps=1024", "slateq.num_envs=16", "slateq.learning_starts=256", "slateq.checkpoint_every=512"]
+    run_dir = main(["preset=quick", *tiny, "env.id=recsim_mm/InterestEvolutionSlate-v0",
+                    "agents=[random,greedy,ppo,slateq]", "ppo.kl_coef=0.5", "ppo.bc_epochs=1",
+                    f"results_dir={tmp_path / 'results'}"])
+    rows = read_metrics(run_dir)
+    assert {r["strategy"] for r in rows} == {"random", "greedy", "ppo-warm", "slateq-warm"}
+    assert {r["metric"] for r in rows} >= {"intra_list_diversity", "exposure_gini"}
+    assert (run_dir / "checkpoints").exists()
 
 
 def test_every_config_key_is_documented():
