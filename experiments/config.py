@@ -48,7 +48,7 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 #: its MMR re-ranking, the privileged references, and the RL agents (trained per seed;
 #: warm and/or cold start).
 BASELINE_AGENTS = ("random", "popular", "longest", "oracle", "linucb")
-RANKER_AGENTS = ("greedy", "mmr")
+RANKER_AGENTS = ("greedy", "mmr", "fair")
 REFERENCE_AGENTS = REFERENCE_NAMES
 RL_AGENTS = ("ppo", "dqn", "slateq")
 #: RL agents for one recommendation per step / for slates (PPO acts on both).
@@ -254,6 +254,9 @@ class EvalConfig:
         tune_users: training users on which the planning reference's horizon and MMR's
             diversity are tuned (env seed ``tune_seed_offset`` [+ s for MMR]).
         tune_seed_offset: env seed of the tuning users, distinct from the test users.
+        fairness: regulariser weights of the ``fair`` strategy (one strategy
+            ``fair-<weight>`` each; `agents.baselines.ExposureAwareRecommender`), the
+            points of the return-fairness trade-off plot.
     """
 
     num_users: int = 500
@@ -264,6 +267,7 @@ class EvalConfig:
     trace_users: int = 4
     tune_users: int = 200
     tune_seed_offset: int = 500_000_000
+    fairness: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
 
 
 #: Where stage units run: in this process, or as Ray tasks (docs/scaling.md).
@@ -631,6 +635,9 @@ def validate(config: ExperimentConfig) -> None:
                 "eval.curve_seed_offset", "eval.tune_users", "eval.tune_seed_offset", "logging.seed", "catalog.seed"):
         value = _get(c, key)
         _require(value >= 0, key, value, "an integer >= 0")
+    _require(len(c.eval.fairness) >= 1 and all(w > 0 for w in c.eval.fairness)
+             and len(set(c.eval.fairness)) == len(c.eval.fairness), "eval.fairness", c.eval.fairness,
+             "a non-empty list of distinct weights > 0 (weight 0 is the greedy ranker, always shown)")
     _require(2 <= c.catalog.num_topics <= len(TOPICS), "catalog.num_topics", c.catalog.num_topics,
              f"an integer in [2, {len(TOPICS)}] (the synthetic catalog's topics)")
     _require(32 <= c.catalog.image_size <= 512, "catalog.image_size", c.catalog.image_size,

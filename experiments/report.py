@@ -277,6 +277,8 @@ def write_report(run_dir: Path, results: EnvResults, config_yaml: str, topic_nam
     plots = run_dir / "plots"
     plots.mkdir()
     plot_metric_bars(metrics, plots / "metrics.png")
+    if any(name.startswith("fair-") for name in metrics):
+        plot_fairness_tradeoff(metrics, plots / "fairness_tradeoff.png")
     if results.curves:
         level = mean_ci(list(results.curve_levels.get("greedy", {}).values()))[0]
         plot_learning_curves(results.curves, level, plots / "learning_curves.png")
@@ -469,6 +471,37 @@ def plot_metric_bars(metrics: dict[str, dict[int, dict[str, float]]], path: Path
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     fig.suptitle("Held-out evaluation: mean over seeds, error bars = 95% CI")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def fairness_points(metrics: dict[str, dict[int, dict[str, float]]]) -> list[tuple[float, float, float]]:
+    """``(regulariser weight, mean exposure Gini, mean episode return)`` of the greedy ranker
+    (weight 0) and every ``fair-<weight>`` strategy, by weight."""
+    points = []
+    for name, per_seed in metrics.items():
+        if name == "greedy" or name.startswith("fair-"):
+            weight = 0.0 if name == "greedy" else float(name.removeprefix("fair-"))
+            points.append((weight, mean_ci([m["exposure_gini"] for m in per_seed.values()])[0],
+                           mean_ci([m["episode_return"] for m in per_seed.values()])[0]))
+    return sorted(points)
+
+
+def plot_fairness_tradeoff(metrics: dict[str, dict[int, dict[str, float]]], path: Path) -> None:
+    """Return against item-exposure Gini for the greedy ranker and the exposure-aware
+    re-ranker at each regulariser weight (means over seeds), weights annotated."""
+    plt = _pyplot()
+    points = fairness_points(metrics)
+    fig, ax = plt.subplots(figsize=(5.2, 4.0))
+    ax.plot([p[1] for p in points], [p[2] for p in points], "o-")
+    for weight, gini_value, ret in points:
+        ax.annotate("greedy" if weight == 0 else f"fairness {weight:g}", (gini_value, ret), fontsize=8,
+                    xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("item exposure Gini (lower = more even)")
+    ax.set_ylabel("episode return (held-out users)")
+    ax.set_title("Return-fairness trade-off: exposure-aware re-ranking")
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

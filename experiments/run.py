@@ -62,7 +62,12 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import envs  # noqa: E402,F401  (registers the recsim_mm/ ids)
-from agents.baselines import MMRRecommender, PopularRecommender, make_baseline  # noqa: E402
+from agents.baselines import (  # noqa: E402
+    ExposureAwareRecommender,
+    MMRRecommender,
+    PopularRecommender,
+    make_baseline,
+)
 from agents.callbacks import LearningCurveCallback, ProgressCallback  # noqa: E402
 from agents.evaluation import evaluate_recommender  # noqa: E402
 from agents.references import MyopicOracle, PlanningReference, tune_planning_horizon  # noqa: E402
@@ -362,11 +367,18 @@ def strategies_of(config: ExperimentConfig) -> list[str]:
     for) and MMR, then ``algo-start``, then the privileged references."""
     rl = rl_runs(config)
     names = [a for a in config.agents if a in BASELINE_AGENTS]
-    if "greedy" in config.agents or "mmr" in config.agents or rl:
+    if "greedy" in config.agents or "mmr" in config.agents or "fair" in config.agents or rl:
         names.append("greedy")
     names += [a for a in config.agents if a == "mmr"]
+    if "fair" in config.agents:
+        names += [fair_name(weight) for weight in config.eval.fairness]
     names += [f"{algo}-{start}" for algo, start in rl]
     return names + [a for a in config.agents if a in REFERENCE_AGENTS]
+
+
+def fair_name(weight: float) -> str:
+    """Strategy name of the exposure-aware re-ranker with regulariser weight ``weight``."""
+    return f"fair-{weight:g}"
 
 
 def check_held_out_seeds(config: ExperimentConfig) -> None:
@@ -567,6 +579,7 @@ class PolicySpec:
     checkpoint: Path | None = None
     diversity: float = 0.0
     horizon: float = 0.0
+    fairness: float = 0.0
 
 
 def build_policy(spec: PolicySpec, env: EnvSetup, item_space: ItemSpace) -> Any:
@@ -580,6 +593,9 @@ def build_policy(spec: PolicySpec, env: EnvSetup, item_space: ItemSpace) -> Any:
     if spec.name == "mmr":
         return MMRRecommender(spec.ranker.policy(objective=reward), item_space.fused, spec.diversity,
                               slate_size=env.slate_size, seed=spec.seed)
+    if spec.name.startswith("fair-"):
+        return ExposureAwareRecommender(spec.ranker.policy(objective=reward), item_space.fused, spec.fairness,
+                                        slate_size=env.slate_size, seed=spec.seed)
     if spec.agent is None:
         return make_baseline(spec.name, item_space.fused, popularity=spec.popularity, duration=item_space.duration,
                              ranker=spec.ranker, objective=reward, slate_size=env.slate_size, seed=spec.seed)
@@ -857,7 +873,8 @@ def policy_spec(name: str, seed: int, logs: Logs, rankers: Rankers,
         run = agents[(name, seed)]
         return PolicySpec(name, seed, agent=run.config, checkpoint=run.stage.dir / "checkpoint.pt")
     return PolicySpec(name, seed, ranker=rankers.fused.get(seed), popularity=logs.popularity,
-                      diversity=tuned.get(("mmr", seed), 0.0), horizon=tuned.get(("planning", 0), 0.0))
+                      diversity=tuned.get(("mmr", seed), 0.0), horizon=tuned.get(("planning", 0), 0.0),
+                      fairness=float(name.removeprefix("fair-")) if name.startswith("fair-") else 0.0)
 
 
 def evaluation_stage(runner: StageRunner, config: ExperimentConfig, env: EnvSetup, items: Stage,
@@ -868,7 +885,7 @@ def evaluation_stage(runner: StageRunner, config: ExperimentConfig, env: EnvSetu
     def source(name: str, seed: int) -> str:  # the upstream result a strategy depends on
         if (name, seed) in agents:
             return agents[(name, seed)].stage.key
-        if name == "greedy":
+        if name == "greedy" or name.startswith("fair-"):
             return rankers.stages[("fused", seed)].key
         if name == "mmr":
             return f"{rankers.stages[('fused', seed)].key}:{tuned[('mmr', seed)]}"

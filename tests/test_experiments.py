@@ -258,6 +258,8 @@ def test_slateq_and_kl_keys_are_checked_before_training(tmp_path):
               results])
     with pytest.raises(ConfigError, match="ppo.kl_coef"):
         main([*TINY, "agents=[ppo]", "ppo.kl_coef=0.5", "ppo.cold_start=true", results])
+    with pytest.raises(ConfigError, match="eval.fairness"):
+        main([*TINY, "agents=[fair]", "eval.fairness=[0]", results])
     with pytest.raises(ConfigError, match="ppo.bc_epochs"):
         main([*TINY, "agents=[ppo]", "ppo.bc_epochs=-1", results])
     assert not (tmp_path / "results").exists() or not any((tmp_path / "results").glob("*-*"))
@@ -268,10 +270,16 @@ def test_slate_environment_trains_ppo_with_kl_and_cloning_and_slateq(tmp_path):
     tiny = [t for t in TINY if not t.startswith("dqn.")] + [
         "slateq.total_steps=1024", "slateq.num_envs=16", "slateq.learning_starts=256", "slateq.checkpoint_every=512"]
     run_dir = main(["preset=quick", *tiny, "env.id=recsim_mm/InterestEvolutionSlate-v0",
-                    "agents=[random,greedy,ppo,slateq]", "ppo.kl_coef=0.5", "ppo.bc_epochs=1",
-                    f"results_dir={tmp_path / 'results'}"])
+                    "agents=[random,greedy,fair,ppo,slateq]", "ppo.kl_coef=0.5", "ppo.bc_epochs=1",
+                    "eval.fairness=[1,4]", f"results_dir={tmp_path / 'results'}"])
     rows = read_metrics(run_dir)
-    assert {r["strategy"] for r in rows} == {"random", "greedy", "ppo-warm", "slateq-warm"}
+    assert {r["strategy"] for r in rows} == {"random", "greedy", "fair-1", "fair-4", "ppo-warm", "slateq-warm"}
+    assert (run_dir / "plots" / "fairness_tradeoff.png").stat().st_size > 0
+    gini = {r["strategy"]: [] for r in rows}
+    for r in rows:
+        if r["metric"] == "exposure_gini":
+            gini[r["strategy"]].append(float(r["value"]))
+    assert np.mean(gini["fair-4"]) < np.mean(gini["greedy"])  # the regulariser flattens exposure
     assert {r["metric"] for r in rows} >= {"intra_list_diversity", "exposure_gini"}
     assert (run_dir / "checkpoints").exists()
 
