@@ -254,6 +254,9 @@ class EvalConfig:
         tune_users: training users on which the planning reference's horizon and MMR's
             diversity are tuned (env seed ``tune_seed_offset`` [+ s for MMR]).
         tune_seed_offset: env seed of the tuning users, distinct from the test users.
+        explain: explain the greedy ranker's recommendations to the held-out users of the
+            first seed (integrated gradients, `recsim_mm.explain`): ``explanations.json``,
+            ``plots/explanation.png`` and the modality check in summary.md.
         fairness: regulariser weights of the ``fair`` strategy (one strategy
             ``fair-<weight>`` each; `agents.baselines.ExposureAwareRecommender`), the
             points of the return-fairness trade-off plot.
@@ -267,6 +270,7 @@ class EvalConfig:
     trace_users: int = 4
     tune_users: int = 200
     tune_seed_offset: int = 500_000_000
+    explain: bool = True
     fairness: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
 
 

@@ -104,6 +104,7 @@ from experiments.executor import LocalExecutor, make_executor, run_unit  # noqa:
 from recsim_mm.catalog import Catalog, CatalogError, load_catalog  # noqa: E402
 from recsim_mm.device import default_torch_threads, resolve_device  # noqa: E402
 from recsim_mm.encoders import ImageEncoder, TextEncoder  # noqa: E402
+from recsim_mm.explain import modality_check  # noqa: E402
 from recsim_mm.files import source_hash, write_json  # noqa: E402
 from recsim_mm.item_space import ItemSpace  # noqa: E402
 from recsim_mm.logs import (  # noqa: E402
@@ -947,6 +948,28 @@ def hidden_state_traces(config: ExperimentConfig, env: EnvSetup, item_space: Ite
     return {name: {k: v[: steps[name], user] for k, v in t.items()} for name, t in traces.items()}
 
 
+def ranker_explanations(config: ExperimentConfig, env: EnvSetup, item_space: ItemSpace,
+                        rankers: Rankers) -> dict | None:
+    """Why the greedy ranker (seed ``seeds[0]``) recommends what it does, checked against the
+    hidden modality weights (`recsim_mm.explain.modality_check` on ``eval.num_users``
+    held-out users); None without a ranker or for a user model with no modality weight."""
+    seed = config.seeds[0]
+    if seed not in rankers.fused or not config.eval.explain:
+        return None
+    venv = env.vector_env(config.eval.num_users, item_space, obs_mode="ids")
+    if not hasattr(venv.simulator.users, "modality_weight"):
+        return None
+    ranker = rankers.fused[seed]
+    try:
+        check = modality_check(ranker.scorer, ranker.policy(objective=env.options["reward"], slate_size=env.slate_size),
+                               venv, seed=config.eval.seed_offset + seed)
+    except ValueError as exc:  # too few users with a history: say so in the report
+        return {"skipped": str(exc)}
+    return {"seed": seed, "correlation": check["correlation"], "users": check["users"],
+            "explanation": check["explanation"], "recommended": check["recommended"],
+            "text_share": check["text_share"], "modality_weight": check["modality_weight"]}
+
+
 def run_environment(runner: StageRunner, config: ExperimentConfig, env: EnvSetup, items: Stage,
                     item_space: ItemSpace, device: torch.device) -> report.EnvResults:
     """Stages 2-5 on one environment, and what the report needs from them."""
@@ -965,6 +988,7 @@ def run_environment(runner: StageRunner, config: ExperimentConfig, env: EnvSetup
             rows = json.loads((run.stage.dir / "curve.json").read_text())
             results.curves.setdefault(name, {})[seed] = [(int(s), float(r)) for s, r in rows]
     results.traces = hidden_state_traces(config, env, item_space, logs, rankers, agents)
+    results.explanations = ranker_explanations(config, env, item_space, rankers)
     for (modality, seed), stage in rankers.stages.items():
         results.artifacts[f"ranker-{modality}-seed{seed}"] = (stage.dir / "ranker.pt", stage.dir / "tensorboard")
     for (name, seed), run in agents.items():

@@ -74,6 +74,10 @@ def test_quick_preset_writes_the_full_results_folder(quick_run):
     rows = read_metrics(run_dir)
     assert {r["strategy"] for r in rows} == set(strategies)
     assert {r["seed"] for r in rows} == {"0", "1"}
+    explained = json.loads((run_dir / "explanations.json").read_text())
+    assert explained["users"] and -1 <= explained["correlation"] <= 1
+    assert "Explanations (greedy ranker, seed 0" in (run_dir / "summary.md").read_text()
+    assert (run_dir / "plots" / "explanation.png").stat().st_size > 0
     metrics = {r["metric"] for r in rows}
     assert {"episode_return", "ctr", "engagement_per_step", "session_length", "session_diversity",
             "novelty", "coverage", "minutes_per_click", "recommended_duration"} <= metrics
