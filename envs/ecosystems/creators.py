@@ -27,6 +27,7 @@ from envs.rec_env import check_actions
 from recsim_mm.candidates import CandidateGenerator
 from recsim_mm.ecosystem_metrics import content_diversity, gini, position_spread
 from recsim_mm.item_space import ItemSpace
+from recsim_mm.pca import principal_components
 
 RECOMMENDERS = ("affinity", "random")
 CREATOR_REWARDS = ("exposure", "engagement")
@@ -58,12 +59,7 @@ class ContentMap:
                 f"map_dim={dim} must be in [1, {limit}] (min of items and vector width)"
             )
         self.dim = dim
-        self.mean = fused.mean(0)
-        _, _, vh = torch.linalg.svd(fused - self.mean, full_matrices=False)
-        components = vh[:dim]
-        largest = components.abs().argmax(1)
-        sign = components.gather(1, largest.unsqueeze(1)).sign()
-        self.components = components * sign
+        self.mean, self.components, _ = principal_components(fused, dim)
         raw = (fused - self.mean) @ self.components.T
         self.scale = raw.abs().amax(0).clamp_min(1e-12)
         self.coords = raw / self.scale

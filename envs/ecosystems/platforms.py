@@ -30,6 +30,7 @@ from recsim_mm.observation import (
     TIME_LEFT,
     USER_FEATURES,
 )
+from recsim_mm.sampling import gumbel_max
 
 
 @dataclass(frozen=True)
@@ -333,10 +334,8 @@ class PlatformCompetitionEnv(EcosystemEnv):
             utility[rows, self.last_platform[rows]] += cfg.switching_cost
         logits = utility / cfg.temperature
         logits[:, ~self._open] = -math.inf
-        # Gumbel-max: one categorical draw per user from the simulator's generator.
-        u = torch.rand(logits.shape, generator=self.simulator.generator, device=logits.device)
-        gumbel = -torch.log(-torch.log(u.clamp_min_(1e-20)))
-        self.visiting = (logits + gumbel).argmax(dim=1)
+        # one categorical draw per user from the simulator's generator
+        self.visiting = gumbel_max(logits, self.simulator.generator)
 
     # -- observation and info ----------------------------------------------------------------------
     def _observations(self, agents: list[str] | None = None) -> dict[str, dict[str, np.ndarray]]:
