@@ -116,12 +116,15 @@ def slate_values(click_logits: torch.Tensor, item_values: torch.Tensor, null_val
     batch = click_logits.shape[0]
     if slates.dim() == 2:
         slates = slates.unsqueeze(0).expand(batch, -1, -1)
+    # P(i | A) = exp(v_i) / (1 + sum_A exp(v_j)); every weight scaled by exp(-shift), the
+    # no-click option's too, so nothing overflows: the ratios are exact.
+    shift = click_logits.detach().amax(dim=1, keepdim=True).clamp_min(0.0)  # (B, 1)
+    weight = (click_logits - shift).exp()  # (B, K)
+    none = (-shift).exp()  # (B, 1)
     flat = slates.reshape(batch, -1)
-    logits = click_logits.gather(1, flat).reshape(slates.shape)  # (B, C, S)
-    values = item_values.gather(1, flat).reshape(slates.shape)
-    with_none = torch.cat([logits.new_zeros(*logits.shape[:-1], 1), logits], dim=-1)
-    p = torch.softmax(with_none, dim=-1)  # (B, C, 1 + S): none first
-    return p[..., 0] * null_value.unsqueeze(1) + (p[..., 1:] * values).sum(-1)
+    w = weight.gather(1, flat).reshape(slates.shape)  # (B, C, S)
+    wq = (weight * item_values).gather(1, flat).reshape(slates.shape)
+    return (none * null_value.unsqueeze(1) + wq.sum(-1)) / (none + w.sum(-1))
 
 
 def all_slates(num_candidates: int, slate_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
