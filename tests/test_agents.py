@@ -15,6 +15,7 @@ from agents.baselines import BASELINES, make_baseline
 from agents.evaluation import evaluate_recommender
 from agents.train import AgentConfig, build_agent, load_agent_checkpoint, make_env, train_agent
 from envs.vector_env import RecVectorEnv
+from recsim_mm import ItemSpace
 from recsim_mm.pipeline import default_item_space
 from recsim_mm.ranker import Ranker
 from recsim_mm.scorer import Scorer, ScorerConfig
@@ -466,6 +467,6 @@ def test_resume_with_a_buffer_from_another_item_space_is_refused(space, tmp_path
                          learning_starts=64)
     outcome = train_agent(config, ENV_ID, {"obs_mode": "ids"}, space, tmp_path)
     state = load_agent_checkpoint(tmp_path / "checkpoint.pt", config, space)["replay_buffer"]
-    other = default_item_space(num_items=200)
+    other = ItemSpace.random(space.num_items, space.d_text, space.d_image, seed=5)  # another fingerprint
     with pytest.raises(ValueError, match="replay buffer holds transitions on item space"):
         restore_replay_buffer(outcome.model.replay_buffer, state, other, tmp_path / "checkpoint.pt")

@@ -69,6 +69,6 @@ def test_evaluation_reports_how_new_items_fared(space):
 def test_cold_start_experiment_script_prints_the_table_and_paired_difference():
     from experiments.cold_start import main
 
-    out = main(["--seeds", "2", "--log-users", "200", "--users", "64", "--ppo-steps", "0"])
+    out = main(["--seeds", "2", "--log-users", "100", "--users", "32", "--ppo-steps", "0"])
     for name in ("| random |", "| ranker |", "| ranker_id |", "new-item CTR, ranker - ranker_id:"):
         assert name in out, name

@@ -272,7 +272,8 @@ def test_slateq_and_kl_keys_are_checked_before_training(tmp_path):
 @pytest.mark.slow
 def test_slate_environment_trains_ppo_with_kl_and_cloning_and_slateq(tmp_path):
     tiny = [t for t in TINY if not t.startswith("dqn.")] + [
-        "slateq.total_steps=1024", "slateq.num_envs=16", "slateq.learning_starts=256", "slateq.checkpoint_every=512"]
+        "slateq.total_steps=512", "slateq.num_envs=16", "slateq.learning_starts=256", "slateq.checkpoint_every=512",
+        "slateq.gradient_steps=1"]
     run_dir = main(["preset=quick", *tiny, "env.id=recsim_mm/InterestEvolutionSlate-v0",
                     "agents=[random,greedy,fair,ppo,slateq]", "ppo.kl_coef=0.5", "ppo.bc_epochs=1",
                     "eval.fairness=[1,4]", f"results_dir={tmp_path / 'results'}"])
