@@ -287,17 +287,21 @@ class ExposureAwareRecommender(Recommender):
         self.fairness = float(fairness)
         self.exposure = np.zeros(len(item_table), dtype=np.int64)
 
-    def scores(self, observation):
+    def _scores(self, observation, rows: np.ndarray) -> np.ndarray:
         rel = np.asarray(torch.as_tensor(self.relevance.expected_reward(observation)).cpu(), dtype=np.float64)
         rel = rel / np.maximum(rel.max(axis=1, keepdims=True), 1e-12)
         if self.fairness == 0:
             return rel
-        shown = self.exposure[candidate_rows(observation, self.item_table)]
-        return rel - self.fairness * shown / max(int(self.exposure.max()), 1)
+        return rel - self.fairness * self.exposure[rows] / max(int(self.exposure.max()), 1)
+
+    def scores(self, observation):
+        return self._scores(observation, candidate_rows(observation, self.item_table))
 
     def predict(self, observation, state=None, episode_start=None, deterministic: bool = True):
-        actions, state = super().predict(observation, state, episode_start, deterministic)
-        rows = candidate_rows(observation, self.item_table)
+        """Top candidates by `scores`; their items' exposure counts go up by one."""
+        rows = candidate_rows(observation, self.item_table)  # matched once, used twice
+        scores = self._scores(observation, rows) + 1e-9 * self.rng.random(rows.shape)
+        actions = top_positions(scores, self.slate_size)
         np.add.at(self.exposure, np.take_along_axis(rows, actions.reshape(len(rows), -1), axis=1).ravel(), 1)
         return actions, state
 

@@ -28,7 +28,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,7 +117,6 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    np.set_printoptions(precision=3)
     out = table(run(args.seeds, args.new_share, args.users, args.log_users, args.ppo_steps))
     print(out)
     return out

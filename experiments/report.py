@@ -47,6 +47,20 @@ BREAKDOWN = ("episode_return", "session_length", "ctr", "minutes_per_click", "re
 #: Exposure fairness (`recsim_mm.metrics.exposure_summary`), a table of its own in summary.md.
 EXPOSURE = ("exposure_gini", "topic_exposure_gini", "top1_exposure_share", "top10_exposure_share",
             "long_tail_exposure_share")
+#: Strategy names of the exposure-aware re-ranker: ``fair-<weight>``.
+FAIR_PREFIX = "fair-"
+
+
+def fair_name(weight: float) -> str:
+    """Strategy name of the exposure-aware re-ranker with regulariser weight ``weight``."""
+    return f"{FAIR_PREFIX}{weight:g}"
+
+
+def fair_weight(name: str) -> float | None:
+    """The regulariser weight of a ``fair-<weight>`` strategy name, None for any other name."""
+    return float(name.removeprefix(FAIR_PREFIX)) if name.startswith(FAIR_PREFIX) else None
+
+
 #: Metrics drawn in the bar chart.
 BAR_METRICS = ("episode_return", "ctr", "engagement_per_step", "session_length",
                "session_diversity", "coverage")
@@ -281,7 +295,7 @@ def write_report(run_dir: Path, results: EnvResults, config_yaml: str, topic_nam
     plots = run_dir / "plots"
     plots.mkdir()
     plot_metric_bars(metrics, plots / "metrics.png")
-    if any(name.startswith("fair-") for name in metrics):
+    if any(fair_weight(name) is not None for name in metrics):
         plot_fairness_tradeoff(metrics, plots / "fairness_tradeoff.png")
     if results.curves:
         level = mean_ci(list(results.curve_levels.get("greedy", {}).values()))[0]
@@ -539,8 +553,8 @@ def fairness_points(metrics: dict[str, dict[int, dict[str, float]]]) -> list[tup
     (weight 0) and every ``fair-<weight>`` strategy, by weight."""
     points = []
     for name, per_seed in metrics.items():
-        if name == "greedy" or name.startswith("fair-"):
-            weight = 0.0 if name == "greedy" else float(name.removeprefix("fair-"))
+        weight = 0.0 if name == "greedy" else fair_weight(name)
+        if weight is not None:
             points.append((weight, mean_ci([m["exposure_gini"] for m in per_seed.values()])[0],
                            mean_ci([m["episode_return"] for m in per_seed.values()])[0]))
     return sorted(points)

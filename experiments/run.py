@@ -372,14 +372,9 @@ def strategies_of(config: ExperimentConfig) -> list[str]:
         names.append("greedy")
     names += [a for a in config.agents if a == "mmr"]
     if "fair" in config.agents:
-        names += [fair_name(weight) for weight in config.eval.fairness]
+        names += [report.fair_name(weight) for weight in config.eval.fairness]
     names += [f"{algo}-{start}" for algo, start in rl]
     return names + [a for a in config.agents if a in REFERENCE_AGENTS]
-
-
-def fair_name(weight: float) -> str:
-    """Strategy name of the exposure-aware re-ranker with regulariser weight ``weight``."""
-    return f"fair-{weight:g}"
 
 
 def check_held_out_seeds(config: ExperimentConfig) -> None:
@@ -594,7 +589,7 @@ def build_policy(spec: PolicySpec, env: EnvSetup, item_space: ItemSpace) -> Any:
     if spec.name == "mmr":
         return MMRRecommender(spec.ranker.policy(objective=reward), item_space.fused, spec.diversity,
                               slate_size=env.slate_size, seed=spec.seed)
-    if spec.name.startswith("fair-"):
+    if report.fair_weight(spec.name) is not None:
         return ExposureAwareRecommender(spec.ranker.policy(objective=reward), item_space.fused, spec.fairness,
                                         slate_size=env.slate_size, seed=spec.seed)
     if spec.agent is None:
@@ -875,7 +870,7 @@ def policy_spec(name: str, seed: int, logs: Logs, rankers: Rankers,
         return PolicySpec(name, seed, agent=run.config, checkpoint=run.stage.dir / "checkpoint.pt")
     return PolicySpec(name, seed, ranker=rankers.fused.get(seed), popularity=logs.popularity,
                       diversity=tuned.get(("mmr", seed), 0.0), horizon=tuned.get(("planning", 0), 0.0),
-                      fairness=float(name.removeprefix("fair-")) if name.startswith("fair-") else 0.0)
+                      fairness=report.fair_weight(name) or 0.0)
 
 
 def evaluation_stage(runner: StageRunner, config: ExperimentConfig, env: EnvSetup, items: Stage,
@@ -886,7 +881,7 @@ def evaluation_stage(runner: StageRunner, config: ExperimentConfig, env: EnvSetu
     def source(name: str, seed: int) -> str:  # the upstream result a strategy depends on
         if (name, seed) in agents:
             return agents[(name, seed)].stage.key
-        if name == "greedy" or name.startswith("fair-"):
+        if name == "greedy" or report.fair_weight(name) is not None:
             return rankers.stages[("fused", seed)].key
         if name == "mmr":
             return f"{rankers.stages[('fused', seed)].key}:{tuned[('mmr', seed)]}"
