@@ -37,6 +37,7 @@ import yaml
 
 from agents.references import REFERENCE_NAMES
 from agents.train import AgentConfig
+from envs.ecosystems.creators import CREATOR_REWARDS
 from recsim_mm.ranker import TrainConfig
 from recsim_mm.scorer import ScorerConfig
 from recsim_mm.simulator import OBS_MODES, REWARDS
@@ -276,6 +277,38 @@ class EvalConfig:
 
 #: Where stage units run: in this process, or as Ray tasks (docs/scaling.md).
 EXECUTORS = ("local", "ray")
+EXPERIMENTS = ("recommendation", "platforms", "creators")
+#: Strategies of each ecosystem experiment (`experiments.ecosystem`); the first is the reference.
+ECOSYSTEM_STRATEGIES = {"platforms": ("random", "oracle", "ppo", "ppo_shared"), "creators": ("fixed", "ppo")}
+
+
+@dataclass
+class EcosystemSection:
+    """The ecosystem experiments (``experiment=platforms`` or ``creators``;
+    `experiments.ecosystem`, docs/ecosystems.md).
+
+    Attributes:
+        strategies: which to run (default all: platforms ``random`` (reference), ``oracle``,
+            ``ppo``, ``ppo_shared``; creators ``fixed`` (reference), ``ppo``).
+        users: users in the ecosystem (null: 8 for platforms, 128 for creators).
+        candidates: candidates per user and step on each platform (platforms).
+        creators: number of creators (creators).
+        max_move: the farthest a creator moves per step, in map units (creators).
+        creator_reward: ``"exposure"`` or ``"engagement"`` share (creators).
+        episode: steps per episode.
+        steps: PPO environment steps per learner (null: 5000 platforms, 40000 creators).
+        eval_episodes: evaluation episodes per seed (the same for every strategy).
+    """
+
+    strategies: list[str] = field(default_factory=list)
+    users: int | None = None
+    candidates: int = 10
+    creators: int = 6
+    max_move: float = 0.1
+    creator_reward: str = "exposure"
+    episode: int = 50
+    steps: int | None = None
+    eval_episodes: int = 20
 
 
 @dataclass
@@ -321,6 +354,11 @@ class ExperimentConfig:
             ``package.module:ClassName``.
         user_params: parameters of the user model (e.g. ``{patience: 5}``).
         agents: strategies to compare (see `KNOWN_AGENTS`).
+        experiment: ``"recommendation"`` (supervised vs RL recommenders, the default),
+            ``"platforms"`` (competing platforms) or ``"creators"`` (learning creators): the
+            ecosystem experiments (`experiments.ecosystem`) use ``seeds``, ``catalog``,
+            ``encoders``, ``user_model``, ``eval.seed_offset`` and the ``ecosystem`` section.
+        ecosystem: the ecosystem experiments' settings (`EcosystemSection`).
         executor: ``"local"`` (every unit in this process, one after another; Ray is
             not imported) or ``"ray"`` (stages 3-5's units as Ray tasks, see ``ray``).
         ray: the Ray cluster and per-task resources (`RayConfig`).
@@ -348,6 +386,8 @@ class ExperimentConfig:
     dqn: DQNSection = field(default_factory=DQNSection)
     slateq: SlateQSection = field(default_factory=SlateQSection)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    experiment: str = "recommendation"
+    ecosystem: EcosystemSection = field(default_factory=EcosystemSection)
     executor: str = "local"
     ray: RayConfig = field(default_factory=RayConfig)
 
@@ -659,6 +699,19 @@ def validate(config: ExperimentConfig) -> None:
     _require(c.logging.temperature > 0.0, "logging.temperature", c.logging.temperature, "a number > 0")
     _require(c.ranker.ndcg_k <= c.env.num_candidates, "ranker.ndcg_k", c.ranker.ndcg_k,
              f"at most env.num_candidates = {c.env.num_candidates}")
+    _require(c.experiment in EXPERIMENTS, "experiment", c.experiment, f"one of {list(EXPERIMENTS)}")
+    if c.experiment in ECOSYSTEM_STRATEGIES:
+        allowed = ECOSYSTEM_STRATEGIES[c.experiment]
+        _require(all(n in allowed for n in c.ecosystem.strategies) and
+                 len(set(c.ecosystem.strategies)) == len(c.ecosystem.strategies), "ecosystem.strategies",
+                 c.ecosystem.strategies, f"distinct names from {list(allowed)} (experiment={c.experiment})")
+    for key in ("ecosystem.candidates", "ecosystem.creators", "ecosystem.episode", "ecosystem.eval_episodes"):
+        _require(_get(c, key) >= 1, key, _get(c, key), "an integer >= 1")
+    for key in ("ecosystem.users", "ecosystem.steps"):
+        _require(_get(c, key) is None or _get(c, key) >= 1, key, _get(c, key), "null (the default) or an integer >= 1")
+    _require(c.ecosystem.max_move > 0, "ecosystem.max_move", c.ecosystem.max_move, "a number > 0 (map units)")
+    _require(c.ecosystem.creator_reward in CREATOR_REWARDS, "ecosystem.creator_reward", c.ecosystem.creator_reward,
+             f"one of {list(CREATOR_REWARDS)}")
     _require(c.executor in EXECUTORS, "executor", c.executor, f"one of {list(EXECUTORS)}")
     _require(c.ray.address is None or bool(c.ray.address.strip()), "ray.address", c.ray.address,
              "null (a local Ray instance), 'auto', 'host:port' or 'ray://host:port'")

@@ -473,10 +473,12 @@ def plot_learning_curves(
     plt.close(fig)
 
 
-def plot_metric_bars(metrics: dict[str, dict[int, dict[str, float]]], path: Path) -> None:
-    """One panel per metric: a bar per strategy at the mean, error bar = 95% CI over seeds."""
+def plot_metric_bars(metrics: dict[str, dict[int, dict[str, float]]], path: Path,
+                     names: Sequence[str] = BAR_METRICS) -> None:
+    """One panel per metric of ``names`` present in ``metrics``: a bar per strategy at the
+    mean, error bar = 95% CI over seeds."""
     plt = _pyplot()
-    names = [n for n in BAR_METRICS if any(n in m for per in metrics.values() for m in per.values())]
+    names = [n for n in names if any(n in m for per in metrics.values() for m in per.values())]
     cols = 3
     rows = math.ceil(len(names) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)

@@ -468,6 +468,10 @@ def check_inputs(config: ExperimentConfig) -> dict[str, Any]:
             raise ConfigError(f"config key 'encoders.{key}' = {value}: the catalog has {num_items} items, "
                               f"so at most {num_items - 1} dimensions")
     check_held_out_seeds(config)
+    if config.experiment != "recommendation":
+        from experiments.ecosystem import check_ecosystem  # supersuit: only for these experiments
+
+        check_ecosystem(config)
     results_dir = Path(config.results_dir)
     cache_dir = Path(config.cache_dir) if config.cache_dir is not None else results_dir / ".cache"
     check_writable(results_dir, "results_dir")
@@ -1040,6 +1044,12 @@ def run_experiment(runner: StageRunner, config: ExperimentConfig, inputs: dict, 
     """Stages 1-6 of `main` once the inputs are checked and the executor is ready."""
     device = inputs["device"]
     items, item_space = item_space_stage(runner, config, inputs)
+    if config.experiment != "recommendation":  # competing platforms or learning creators
+        from experiments.ecosystem import run_ecosystem
+
+        return run_ecosystem(runner, config, items, lambda: new_run_folder(inputs["results_dir"], config.name,
+                                                                           started_at),
+                             to_yaml(config), torch.get_num_threads(), t0)
     for env in inputs["envs"]:
         check_user_model(config, env, item_space)
     suite = len(inputs["envs"]) > 1
