@@ -121,6 +121,8 @@ class EnvConfig:
         reward: ``"engagement"`` (minutes) or ``"click"``; evaluation always reports
             this simulator reward.
         obs_mode: ``"ids"`` (item rows; policies hold the item table) or ``"embeddings"``.
+        history_prefix: user cold start: past steps every fresh user arrives with
+            (0 = an empty history; at most ``history_length``; docs/cold_start.md).
     """
 
     id: str | list[str] = "recsim_mm/InterestEvolution-v0"
@@ -129,6 +131,7 @@ class EnvConfig:
     max_steps: int = 50
     reward: str = "engagement"
     obs_mode: str = "ids"
+    history_prefix: int = 0
 
 
 @dataclass
@@ -697,6 +700,8 @@ def validate(config: ExperimentConfig) -> None:
     _require(0.0 <= c.logging.epsilon <= 1.0, "logging.epsilon", c.logging.epsilon, "a number in [0, 1]")
     _require(c.logging.noise_std >= 0.0, "logging.noise_std", c.logging.noise_std, "a number >= 0")
     _require(c.logging.temperature > 0.0, "logging.temperature", c.logging.temperature, "a number > 0")
+    _require(0 <= c.env.history_prefix <= c.env.history_length, "env.history_prefix", c.env.history_prefix,
+             f"an integer in [0, env.history_length = {c.env.history_length}]")
     _require(c.ranker.ndcg_k <= c.env.num_candidates, "ranker.ndcg_k", c.ranker.ndcg_k,
              f"at most env.num_candidates = {c.env.num_candidates}")
     _require(c.experiment in EXPERIMENTS, "experiment", c.experiment, f"one of {list(EXPERIMENTS)}")

@@ -27,6 +27,7 @@ METRICS = {
     "episode_return": "true simulator return per session",
     "session_length": "steps per session",
     "ctr": "clicks per step",
+    "ctr_first3": "clicks per step over session steps 1-3 (pooled over users: the cold-start phase)",
     "minutes_per_click": "minutes watched per click",
     "recommended_duration": "mean duration of the recommended item (minutes)",
     "engagement_per_step": "minutes per step",

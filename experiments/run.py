@@ -344,6 +344,8 @@ def environment_setup(config: ExperimentConfig, device: torch.device, env_id: st
         obs_mode=config.env.obs_mode,
         device=str(device),
     )
+    if config.env.history_prefix:  # only when set: the stage keys of other runs stay as they were
+        options["history_prefix"] = config.env.history_prefix
     if config.user_model is not None:
         options["user_model"] = config.user_model
     if config.user_params:
