@@ -487,6 +487,9 @@ def check_real_data(config: ExperimentConfig, setups: list[EnvSetup], cache_dir:
         if missing:
             raise ConfigError(f"config key 'logging.path': folder {config.logging.path!r} lacks {missing} "
                               "(written by python -m recsim_mm.real_data import)")
+        if config.scorer.use_time_left:
+            raise ConfigError("config key 'scorer.use_time_left' = True: a real log (logging.path) records no "
+                              "user's time left; set scorer.use_time_left=false")
     if config.user_population is not None:
         source = Path(config.user_population)
         if not source.is_file():

@@ -4,7 +4,8 @@
 users on one log's slates:
 
 - **real**: the log as recorded;
-- **calibrated**: users drawn from the fitted `UserPopulation`, with its parameters;
+- **calibrated**: users drawn from the fitted `UserPopulation`, with its parameters and
+  the dynamics the calibration assumes (no satiation, no drift: `FITTED_DYNAMICS`);
 - **default**: the default `MultimodalUser` (hand-set topic mixtures and parameters).
 
 Simulated users are **replayed** on real slates: each real session gets one simulated
@@ -39,6 +40,11 @@ from recsim_mm.item_space import ItemSpace
 from recsim_mm.logs import InteractionLog
 from recsim_mm.metrics import auc, gini
 from recsim_mm.real_data.calibration import UserPopulation, clicked_items, session_index
+
+
+#: The dynamics the calibration assumes (it fits no satiation and no drift), under which the
+#: calibrated users are replayed.
+FITTED_DYNAMICS = {"satiation_strength": 0.0, "drift_rate": 0.0}
 
 
 @dataclass
@@ -240,8 +246,8 @@ def fidelity_report(log: InteractionLog, population: UserPopulation, item_space:
     if item_space.topics is not None and hit.any():
         topics = item_space.topics.cpu().numpy()[real.clicked[hit]].mean(0)
     rows = {"real": behaviour_metrics(real, item_space, topics),
-            "calibrated": behaviour_metrics(replay(log, item_space, {"population": population}, seed, max_steps,
-                                                   max_sessions), item_space, topics),
+            "calibrated": behaviour_metrics(replay(log, item_space, {"population": population, **FITTED_DYNAMICS},
+                                                   seed, max_steps, max_sessions), item_space, topics),
             "default": behaviour_metrics(replay(log, item_space, {}, seed, max_steps, max_sessions),
                                          item_space, topics)}
     metrics = {name: {who: rows[who][name] for who in rows if name in rows[who]} for name in rows["real"]}

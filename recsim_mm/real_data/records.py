@@ -119,7 +119,7 @@ def build_interaction_log(
     users_before = set(table.user.tolist())
     n_unknown_events, n_unknown_items, users_gone = int(unknown.sum()), 0, 0
     if unknown.any():
-        missing = np.unique(table.item[unknown])
+        missing = np.unique(table.item[unknown]).tolist()
         n_unknown_items = len(missing)
         users_gone = len(users_before - set(table.user[~unknown].tolist()))
         shown = ", ".join(repr(m) for m in missing[:5]) + (", ..." if len(missing) > 5 else "")

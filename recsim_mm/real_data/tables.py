@@ -379,7 +379,15 @@ def read_log_table(
         canon, col = missing[0]
         raise LogFormatError(f"{source}: column {col!r} (the {canon!r} column of mapping {mapping.name!r}) "
                              f"not found; the file's columns are {names}")
-    data, _, rows = read_table(path, mapping.column_names, mapping.delimiter, columns=list(dict.fromkeys(wanted)))
+    try:
+        data, _, rows = read_table(path, mapping.column_names, mapping.delimiter,
+                                   columns=list(dict.fromkeys(wanted)))
+    except LogFormatError as exc:
+        if mapping.column_names is None:
+            raise
+        raise LogFormatError(f"{exc}; mapping {mapping.name!r} expects a file without header of "
+                             f"{len(mapping.column_names)} columns separated by {mapping.delimiter!r}: "
+                             f"{list(mapping.column_names)}") from None
     if not rows.size:
         raise LogFormatError(f"{source}: has no rows; expected at least one event")
     if mapping.impression_list:
@@ -489,7 +497,7 @@ def _deduplicated(table: LogTable, duplicates: str) -> LogTable:
     if duplicates == "error":
         raise LogFormatError(
             f"{table.source}: row {int(table.row[i])} repeats row {int(table.row[first[inverse[i]]])} (user "
-            f"{table.user[i]!r}, item {table.item[i]!r}, same timestamp{' and impression' if table.impression is not None else ''}); "
+            f"{str(table.user[i])!r}, item {str(table.item[i])!r}, same timestamp{' and impression' if table.impression is not None else ''}); "
             f"{int(dup.sum())} duplicate event(s) in all. Remove them, or pass duplicates='drop' to keep the first of each")
     warnings.warn(f"{table.source}: dropped {int(dup.sum())} duplicate event(s) (same user, item, timestamp"
                   f"{' and impression' if table.impression is not None else ''}; duplicates='drop'); "
@@ -513,7 +521,7 @@ def _ordered(table: LogTable, unordered: str) -> LogTable:
         count = int(backwards.sum())
         if unordered == "error":
             raise LogFormatError(
-                f"{table.source}: row {int(table.row[i])} (user {table.user[i]!r}) is earlier than the row before "
+                f"{table.source}: row {int(table.row[i])} (user {str(table.user[i])!r}) is earlier than the row before "
                 f"it of the same user; {count} such row(s). Sort the file by time, or pass unordered='sort'")
         warnings.warn(f"{table.source}: {count} event(s) were out of time order within their user; sorted by "
                       "timestamp (ties keep file order; unordered='sort')", UserWarning, stacklevel=3)
