@@ -301,12 +301,13 @@ def test_command_line_imports_movielens_and_calibrates_with_a_given_item_space(t
 
 @pytest.mark.slow
 def test_run_py_compares_strategies_on_a_real_catalog_real_logs_and_a_fitted_population(tmp_path):
+    from test_experiments import TINY
+
     from experiments.run import main
     from recsim_mm.catalog import load_catalog
     from recsim_mm.encoders import ImageEncoder, TextEncoder
     from recsim_mm.logs import InteractionLog
     from recsim_mm.pipeline import build_item_space
-    from test_experiments import TINY
 
     ratings, movies, posters = write_movielens(tmp_path / "ml", users=40, movies=24)
     data = tmp_path / "data"

@@ -41,7 +41,6 @@ from recsim_mm.logs import InteractionLog
 from recsim_mm.metrics import auc, gini
 from recsim_mm.real_data.calibration import UserPopulation, clicked_items, session_index
 
-
 #: The dynamics the calibration assumes (it fits no satiation and no drift), under which the
 #: calibrated users are replayed.
 FITTED_DYNAMICS = {"satiation_strength": 0.0, "drift_rate": 0.0}
