@@ -155,6 +155,13 @@ def test_kuairand_reads_clicks_and_watch_time_in_minutes(tmp_path):
     log_file, videos = write_kuairand(tmp_path / "kr")
     table = read_log_table(log_file, "kuairand")
     assert table.watch_time.max() == pytest.approx(0.5) and table.duration.max() == pytest.approx(1.0)
+    import pyarrow.csv
+    import pyarrow.parquet
+
+    pyarrow.parquet.write_table(pyarrow.csv.read_csv(log_file), tmp_path / "log.parquet")  # typed columns
+    from_parquet = read_log_table(tmp_path / "log.parquet", "kuairand")
+    assert (from_parquet.item == table.item).all() and (from_parquet.click == table.click).all()
+    assert np.allclose(from_parquet.timestamp, table.timestamp)
     catalog = write_catalog(videos, "kuairand", tmp_path / "kr" / "catalog.csv", missing_image="blank")
     assert catalog[3].duration == pytest.approx(63000 / 60000)
     log, report = build_interaction_log(table, catalog.item_ids, slate_size=2, durations=catalog.duration)
