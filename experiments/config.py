@@ -149,6 +149,10 @@ class LoggingConfig:
         num_users: logged training sessions.
         test_users: logged held-out sessions for the ranker's offline metrics.
         seed: seed of the logged users (test users use ``seed + 1``).
+        path: a folder with ``train.parquet`` and ``test.parquet`` of a real log
+            (``python -m recsim_mm.real_data import``, docs/real_data.md): the ranker
+            trains and is scored on it instead of simulated logs (the policy keys
+            above are then unused); None: simulated logs.
     """
 
     policy: str = "production"
@@ -158,6 +162,7 @@ class LoggingConfig:
     num_users: int = 2000
     test_users: int = 500
     seed: int = 0
+    path: str | None = None
 
 
 def library_view(name: str, library: type, fields: Sequence[str], doc: str,
@@ -356,6 +361,10 @@ class ExperimentConfig:
         user_model: None (the env id's own), a registered name or
             ``package.module:ClassName``.
         user_params: parameters of the user model (e.g. ``{patience: 5}``).
+        user_population: a fitted user population file (``python -m recsim_mm.real_data
+            calibrate``, docs/real_data.md): every environment's users are drawn from it
+            and take its fitted parameters (``user_params`` still win); None: the user
+            model's own hand-set users.
         agents: strategies to compare (see `KNOWN_AGENTS`).
         experiment: ``"recommendation"`` (supervised vs RL recommenders, the default),
             ``"platforms"`` (competing platforms) or ``"creators"`` (learning creators): the
@@ -376,6 +385,7 @@ class ExperimentConfig:
     progress: bool = True
     user_model: str | None = None
     user_params: dict[str, Any] = field(default_factory=dict)
+    user_population: str | None = None
     agents: list[str] = field(
         default_factory=lambda: ["random", "popular", "longest", "greedy", "mmr", "ppo", "myopic_oracle", "planning"]
     )

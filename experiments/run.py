@@ -41,6 +41,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -101,11 +102,11 @@ from experiments.config import (  # noqa: E402
     to_yaml,
 )
 from experiments.executor import LocalExecutor, make_executor, run_unit  # noqa: E402
-from recsim_mm.catalog import Catalog, CatalogError, load_catalog  # noqa: E402
+from recsim_mm.catalog import Catalog, CatalogError, file_sha256, load_catalog  # noqa: E402
 from recsim_mm.device import default_torch_threads, resolve_device  # noqa: E402
 from recsim_mm.encoders import ImageEncoder, TextEncoder  # noqa: E402
 from recsim_mm.explain import modality_check  # noqa: E402
-from recsim_mm.files import source_hash, write_json  # noqa: E402
+from recsim_mm.files import atomic_write, source_hash, write_json  # noqa: E402
 from recsim_mm.item_space import ItemSpace  # noqa: E402
 from recsim_mm.logs import (  # noqa: E402
     EpsilonMixture,
@@ -478,8 +479,32 @@ def check_inputs(config: ExperimentConfig) -> dict[str, Any]:
     cache_dir = Path(config.cache_dir) if config.cache_dir is not None else results_dir / ".cache"
     check_writable(results_dir, "results_dir")
     check_writable(cache_dir, "cache_dir" if config.cache_dir is not None else "results_dir")
+    check_real_data(config, setups, cache_dir)
     return {"device": device, "envs": setups, "text_encoder": text_encoder, "image_encoder": image_encoder,
             "catalog": catalog, "cache_dir": cache_dir, "results_dir": results_dir}
+
+
+def check_real_data(config: ExperimentConfig, setups: list[EnvSetup], cache_dir: Path) -> None:
+    """``logging.path`` holds both log files; ``user_population`` exists and goes to every
+    environment's users as a copy named by its content hash (so stage keys follow the
+    file's content, not its path)."""
+    if config.logging.path is not None:
+        missing = [n for n in REAL_LOG_FILES if not (Path(config.logging.path) / n).is_file()]
+        if missing:
+            raise ConfigError(f"config key 'logging.path': folder {config.logging.path!r} lacks {missing} "
+                              "(written by python -m recsim_mm.real_data import)")
+        if config.scorer.use_time_left:
+            raise ConfigError("config key 'scorer.use_time_left' = True: a real log (logging.path) records no "
+                              "user's time left; set scorer.use_time_left=false")
+    if config.user_population is not None:
+        source = Path(config.user_population)
+        if not source.is_file():
+            raise ConfigError(f"config key 'user_population': file {str(source)!r} does not exist")
+        copy = cache_dir / "populations" / f"{file_sha256(source)[:16]}.pt"
+        if not copy.is_file():
+            atomic_write(copy, lambda f: f.write(source.read_bytes()))
+        for env in setups:
+            env.options["user_params"] = {**(env.options.get("user_params") or {}), "population": str(copy)}
 
 
 def logging_policy(config: ExperimentConfig, item_space: ItemSpace):
@@ -505,6 +530,13 @@ def collect_logs_unit(folder: Path, env: EnvSetup, item_space: ItemSpace, policy
     simulator = build_simulator(options, num_users=min(1024, num_users), default_device=device)
     collect(simulator, policy, num_users, steps, seed=seed).save(folder / "train.parquet")
     collect(simulator, policy, test_users, steps, seed=seed + 1).save(folder / "test.parquet")
+    return {}
+
+
+def copy_real_log(folder: Path, source: Path) -> dict:
+    """Copy a real log's ``train.parquet`` and ``test.parquet`` into the logs stage ``folder``."""
+    for name in REAL_LOG_FILES:
+        shutil.copyfile(source / name, folder / name)
     return {}
 
 
@@ -633,6 +665,10 @@ def evaluate_unit(policy: PolicySpec, env: EnvSetup, item_space: ItemSpace, num_
 # -- stages 1-5 ------------------------------------------------------------------------------
 
 
+#: The files of a real log folder (``logging.path``).
+REAL_LOG_FILES = ("train.parquet", "test.parquet")
+
+
 def item_space_stage(runner: StageRunner, config: ExperimentConfig, inputs: dict) -> tuple[Stage, ItemSpace]:
     """Stage 1: catalog -> text and image embeddings -> item space (``item_space.pt``)."""
     catalog: Catalog | None = inputs["catalog"]
@@ -664,6 +700,7 @@ def check_user_model(config: ExperimentConfig, env: EnvSetup, item_space: ItemSp
         venv = env.vector_env(1, item_space, device="cpu")
     except (ValueError, TypeError) as exc:
         key = "user_params" if config.user_params else "user_model"
+        key = "user_population" if config.user_population and "population" in str(exc) else key
         raise ConfigError(f"config key {key!r}: {exc}") from None
     references = [a for a in config.agents if a in REFERENCE_AGENTS]
     if references:
@@ -749,16 +786,24 @@ class Logs:
 def logs_stage(runner: StageRunner, config: ExperimentConfig, env: EnvSetup, items: Stage,
                item_space: ItemSpace, device: torch.device) -> Logs:
     """Stage 2: the logging policy's sessions with simulated users of ``env``."""
-    stage = runner.stage("logs", ("recsim_mm", "envs"), items=items.key, env=env.key,
-                         logging=dataclasses.asdict(config.logging), device=device.type)
-    runner.progress.stage(2, "logged interactions", "cached" if stage.done else
+    real = Path(config.logging.path) if config.logging.path is not None else None
+    source = ({"real_log": [file_sha256(real / n) for n in REAL_LOG_FILES]} if real is not None else
+              {"env": env.key, "logging": dataclasses.asdict(config.logging)})
+    stage = runner.stage("logs", ("recsim_mm", "envs"), items=items.key, device=device.type, **source)
+    runner.progress.stage(2, "logged interactions", "cached" if stage.done else f"real log {real}" if real else
                           f"{config.logging.policy} policy on {config.logging.num_users} + "
                           f"{config.logging.test_users} simulated users")
-    runner.run(stage, lambda folder: collect_logs_unit(
-        folder, env, item_space, logging_policy(config, item_space), config.logging.num_users,
-        config.logging.test_users, config.env.max_steps, config.logging.seed, str(device)))
-    train_log = InteractionLog.load(stage.dir / "train.parquet", item_space)
-    test_log = InteractionLog.load(stage.dir / "test.parquet", item_space)
+    if real is not None:
+        runner.run(stage, partial(copy_real_log, source=real))
+    else:
+        runner.run(stage, lambda folder: collect_logs_unit(
+            folder, env, item_space, logging_policy(config, item_space), config.logging.num_users,
+            config.logging.test_users, config.env.max_steps, config.logging.seed, str(device)))
+    try:
+        train_log = InteractionLog.load(stage.dir / "train.parquet", item_space)
+        test_log = InteractionLog.load(stage.dir / "test.parquet", item_space)
+    except ValueError as exc:  # a real log over another catalog
+        raise ConfigError(f"config key 'logging.path': {exc}") from None
     popularity = PopularRecommender.from_log(train_log, item_space.fused).popularity
     print(f"      {len(train_log)} training records, {len(test_log)} held-out records, "
           f"click rate {train_log.clicks.mean():.3f}", flush=True)
