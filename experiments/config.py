@@ -49,7 +49,7 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 #: its MMR re-ranking, the privileged references, and the RL agents (trained per seed;
 #: warm and/or cold start).
 BASELINE_AGENTS = ("random", "popular", "longest", "oracle", "linucb")
-RANKER_AGENTS = ("greedy", "mmr", "fair")
+RANKER_AGENTS = ("greedy", "greedy_id", "mmr", "fair")
 REFERENCE_AGENTS = REFERENCE_NAMES
 RL_AGENTS = ("ppo", "dqn", "slateq")
 #: RL agents for one recommendation per step / for slates (PPO acts on both).
@@ -123,6 +123,9 @@ class EnvConfig:
         obs_mode: ``"ids"`` (item rows; policies hold the item table) or ``"embeddings"``.
         history_prefix: user cold start: past steps every fresh user arrives with
             (0 = an empty history; at most ``history_length``; docs/cold_start.md).
+        new_items: item cold start: the share of the catalog (its last rows) held back
+            from the logs, training and tuning, arriving at step 1 for the held-out
+            users (0 = off; docs/cold_start.md).
     """
 
     id: str | list[str] = "recsim_mm/InterestEvolution-v0"
@@ -132,6 +135,7 @@ class EnvConfig:
     reward: str = "engagement"
     obs_mode: str = "ids"
     history_prefix: int = 0
+    new_items: float = 0.0
 
 
 @dataclass
@@ -712,6 +716,8 @@ def validate(config: ExperimentConfig) -> None:
     _require(c.logging.temperature > 0.0, "logging.temperature", c.logging.temperature, "a number > 0")
     _require(0 <= c.env.history_prefix <= c.env.history_length, "env.history_prefix", c.env.history_prefix,
              f"an integer in [0, env.history_length = {c.env.history_length}]")
+    _require(0.0 <= c.env.new_items < 0.5, "env.new_items", c.env.new_items,
+             "a share in [0, 0.5): 0 = off, else the share of the catalog held back until evaluation")
     _require(c.ranker.ndcg_k <= c.env.num_candidates, "ranker.ndcg_k", c.ranker.ndcg_k,
              f"at most env.num_candidates = {c.env.num_candidates}")
     _require(c.experiment in EXPERIMENTS, "experiment", c.experiment, f"one of {list(EXPERIMENTS)}")

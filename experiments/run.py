@@ -373,7 +373,7 @@ def strategies_of(config: ExperimentConfig) -> list[str]:
     names = [a for a in config.agents if a in BASELINE_AGENTS]
     if "greedy" in config.agents or "mmr" in config.agents or "fair" in config.agents or rl:
         names.append("greedy")
-    names += [a for a in config.agents if a == "mmr"]
+    names += [a for a in config.agents if a in ("greedy_id", "mmr")]
     if "fair" in config.agents:
         names += [report.fair_name(weight) for weight in config.eval.fairness]
     names += [f"{algo}-{start}" for algo, start in rl]
@@ -470,6 +470,8 @@ def check_inputs(config: ExperimentConfig) -> dict[str, Any]:
         if value > num_items - 1:
             raise ConfigError(f"config key 'encoders.{key}' = {value}: the catalog has {num_items} items, "
                               f"so at most {num_items - 1} dimensions")
+    if config.env.new_items:
+        setups = hold_back_new_items(config, setups, num_items)
     check_held_out_seeds(config)
     if config.experiment != "recommendation":
         from experiments.ecosystem import check_ecosystem  # supersuit: only for these experiments
@@ -505,6 +507,29 @@ def check_real_data(config: ExperimentConfig, setups: list[EnvSetup], cache_dir:
             atomic_write(copy, lambda f: f.write(source.read_bytes()))
         for env in setups:
             env.options["user_params"] = {**(env.options.get("user_params") or {}), "population": str(copy)}
+
+
+#: Arrival step of the held-back items in logs, training and tuning: a step no run reaches.
+NEVER = 10**9
+
+
+def hold_back_new_items(config: ExperimentConfig, setups: list[EnvSetup], num_items: int) -> list[EnvSetup]:
+    """Item cold start (``env.new_items``): the catalog's last rows are held back from the
+    logs, training and tuning (they arrive at a step no run reaches) and arrive at step 1
+    for the held-out users (`evaluate_unit`), so no log, training episode or history
+    mentions them."""
+    count = int(round(config.env.new_items * num_items))
+    if not 1 <= count <= num_items - config.env.num_candidates:
+        raise ConfigError(f"config key 'env.new_items' = {config.env.new_items}: holds back {count} of {num_items} "
+                          f"items; expected at least 1, leaving at least env.num_candidates = "
+                          f"{config.env.num_candidates} items")
+    held = []
+    for env in setups:
+        if env.options.get("candidates"):
+            raise ConfigError(f"config key 'env.new_items': env.id {env.id!r} sets candidate options, which "
+                              f"item cold start does not combine with (candidates are uniform over the items so far)")
+        held.append(dataclasses.replace(env, options={**env.options, "new_items": [{"at": NEVER, "last": count}]}))
+    return held
 
 
 def logging_policy(config: ExperimentConfig, item_space: ItemSpace):
@@ -631,7 +656,8 @@ def build_policy(spec: PolicySpec, env: EnvSetup, item_space: ItemSpace) -> Any:
         return ExposureAwareRecommender(spec.ranker.policy(objective=reward), item_space.fused, spec.fairness,
                                         slate_size=env.slate_size, seed=spec.seed)
     if spec.agent is None:
-        return make_baseline(spec.name, item_space.fused, popularity=spec.popularity, duration=item_space.duration,
+        name = "greedy" if spec.name == "greedy_id" else spec.name  # greedy on the id-only ranker
+        return make_baseline(name, item_space.fused, popularity=spec.popularity, duration=item_space.duration,
                              ranker=spec.ranker, objective=reward, slate_size=env.slate_size, seed=spec.seed)
     venv = make_env(spec.agent, env.id, {**env.options, "item_space": item_space})
     # the KL prior and behaviour cloning act in training only: the trained weights are all there is
@@ -653,8 +679,11 @@ def evaluate_unit(policy: PolicySpec, env: EnvSetup, item_space: ItemSpace, num_
         ``{"summary": metrics of `agents.evaluation.EvalResult.summary`, "curve_level"}``.
     """
     model = build_policy(policy, env, item_space)
-    summary = evaluate_recommender(model, env.vector_env(num_users, item_space), seed=seed,
-                              item_table=item_space.fused, popularity=popularity).summary()
+    arrivals = {}
+    if "new_items" in env.options:  # item cold start: the held-back items arrive for the held-out users
+        arrivals["new_items"] = [{"at": 1, "last": env.options["new_items"][0]["last"]}]
+    summary = evaluate_recommender(model, env.vector_env(num_users, item_space, **arrivals), seed=seed,
+                                   item_table=item_space.fused, popularity=popularity).summary()
     curve_level = None
     if curve is not None:
         curve_level = evaluate_recommender(model, env.vector_env(curve[0], item_space), seed=curve[1],
@@ -813,11 +842,13 @@ def logs_stage(runner: StageRunner, config: ExperimentConfig, env: EnvSetup, ite
 @dataclass
 class Rankers:
     """Stage 3's output: the stages per ``(modality, seed)``, the fused ranker per seed,
-    and the held-out offline metrics ``{modality: {seed: {metric: value}}}``."""
+    the held-out offline metrics ``{modality: {seed: {metric: value}}}`` and, with
+    ``greedy_id`` among the agents, the id-only ranker per seed."""
 
     stages: dict[tuple[str, int], Stage]
     fused: dict[int, Ranker]
     offline: dict[str, dict[int, dict[str, float]]]
+    id_only: dict[int, Ranker] = field(default_factory=dict)
 
 
 def rankers_stage(runner: StageRunner, config: ExperimentConfig, logs: Logs, item_space: ItemSpace,
@@ -825,6 +856,8 @@ def rankers_stage(runner: StageRunner, config: ExperimentConfig, logs: Logs, ite
     """Stage 3: the supervised ranker per seed (+ text-only / image-only ablations)."""
     needed = any(a in config.agents for a in RANKER_AGENTS) or bool(rl_runs(config))
     modalities = ["fused", "text", "image"] if config.ranker.ablations else ["fused"]
+    if "greedy_id" in config.agents:  # the id-only baseline: item vectors replaced by learned id embeddings
+        modalities.append("id")
     stages = {(m, s): runner.stage("ranker", ("recsim_mm",), logs=logs.stage.key, seed=s, modality=m,
                                    scorer=dataclasses.asdict(config.scorer),
                                    train=dataclasses.asdict(config.ranker), device=device.type)
@@ -841,8 +874,9 @@ def rankers_stage(runner: StageRunner, config: ExperimentConfig, logs: Logs, ite
         on_done=lambda info: bar.update(1)) for (modality, seed), stage in stages.items()]
     for ((modality, seed), stage), info in zip(stages.items(), runner.gather(pending), strict=True):
         result.offline.setdefault(modality, {})[seed] = info["metrics"]
-        if modality == "fused":
-            result.fused[seed] = Ranker.load(stage.dir / "ranker.pt", item_space, device=device)
+        if modality in ("fused", "id"):
+            (result.fused if modality == "fused" else result.id_only)[seed] = Ranker.load(
+                stage.dir / "ranker.pt", item_space, device=device)
     bar.close()
     return result
 
@@ -919,7 +953,8 @@ def policy_spec(name: str, seed: int, logs: Logs, rankers: Rankers,
     if (name, seed) in agents:
         run = agents[(name, seed)]
         return PolicySpec(name, seed, agent=run.config, checkpoint=run.stage.dir / "checkpoint.pt")
-    return PolicySpec(name, seed, ranker=rankers.fused.get(seed), popularity=logs.popularity,
+    ranker = rankers.id_only.get(seed) if name == "greedy_id" else rankers.fused.get(seed)
+    return PolicySpec(name, seed, ranker=ranker, popularity=logs.popularity,
                       diversity=tuned.get(("mmr", seed), 0.0), horizon=tuned.get(("planning", 0), 0.0),
                       fairness=report.fair_weight(name) or 0.0)
 
@@ -934,6 +969,8 @@ def evaluation_stage(runner: StageRunner, config: ExperimentConfig, env: EnvSetu
             return agents[(name, seed)].stage.key
         if name == "greedy" or report.fair_weight(name) is not None:
             return rankers.stages[("fused", seed)].key
+        if name == "greedy_id":
+            return rankers.stages[("id", seed)].key
         if name == "mmr":
             return f"{rankers.stages[('fused', seed)].key}:{tuned[('mmr', seed)]}"
         if name == "planning":
