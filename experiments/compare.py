@@ -30,6 +30,9 @@ from experiments import report  # noqa: E402
 
 #: Config sections and keys that decide who the held-out users are and what they see.
 SAME_USERS_KEYS = ("env", "user_model", "user_params", "catalog", "encoders", "eval.num_users", "eval.seed_offset")
+#: Keys of those sections that change what the users see but not who they are: the history
+#: prefix is drawn after the users (docs/cold_start.md), so prefix 0 vs 3 pairs seed by seed.
+SAME_USERS_EXCEPT = ("env.history_prefix",)
 
 Metrics = dict[str, dict[int, dict[str, float]]]
 
@@ -73,6 +76,8 @@ def held_out_users(folder: Path) -> dict | None:
         value = config
         for part in key.split("."):
             value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if f"{key}.{k}" not in SAME_USERS_EXCEPT}
         out[key] = value
     return out
 

@@ -143,9 +143,9 @@ def comparison_table(metrics: dict[str, dict[int, dict[str, float]]], names: Seq
     return "\n".join(lines)
 
 
-def paired_table(comparisons: dict[str, dict[str, float]], metric: str) -> str:
-    """Markdown table of `paired_difference` results of each RL strategy vs the greedy ranker."""
-    lines = [f"| strategy | Δ {metric} vs greedy | 95% CI | p (paired t) | seeds won |",
+def paired_table(comparisons: dict[str, dict[str, float]], metric: str, baseline: str = "greedy") -> str:
+    """Markdown table of `paired_difference` results of each strategy vs ``baseline``."""
+    lines = [f"| strategy | Δ {metric} vs {baseline} | 95% CI | p (paired t) | seeds won |",
              "|---|---|---|---|---|"]
     for strategy, c in comparisons.items():
         ci = "n/a" if not np.isfinite(c["ci_low"]) else f"[{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]"
@@ -408,6 +408,11 @@ def summary_markdown(title: str, setting: str, results: dict[str, EnvResults],
             out += ["New items (item cold start: held back from the logs and training, arriving at step 1 for the "
                     "held-out users; `greedy_id` ranks by learned item ids, no content):", "",
                     comparison_table(r.metrics, new_items), ""]
+            if "greedy_id" in r.metrics and "new_item_ctr" in new_items:
+                out += ["New-item CTR paired with `greedy_id` (the gain from content, same users per seed):", "",
+                        paired_table({n: paired_difference(_returns(r.metrics[n], r.seeds, "new_item_ctr"),
+                                                           _returns(r.metrics["greedy_id"], r.seeds, "new_item_ctr"))
+                                      for n in r.strategies if n != "greedy_id"}, "new_item_ctr", "greedy_id"), ""]
         comparisons = r.comparisons()
         if comparisons:
             out += ["Paired with the greedy ranker (same held-out users per seed):", "",

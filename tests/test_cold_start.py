@@ -149,7 +149,7 @@ def test_item_cold_start_preset_reports_new_items_for_content_and_id_only_ranker
     finally:
         torch.set_num_threads(previous)
     summary = (run_dir / "summary.md").read_text()
-    assert "New items (item cold start" in summary
+    assert "New items (item cold start" in summary and "New-item CTR paired with `greedy_id`" in summary
     import csv
 
     with open(run_dir / "metrics.csv") as f:
