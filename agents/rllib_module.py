@@ -41,7 +41,12 @@ from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
 from ray.rllib.core.rl_module.torch import TorchRLModule
 from torch import nn
 
-from agents.policies import as_scorer_input, build_scorer, candidate_action_distribution, is_ids_mode
+from agents.policies import (
+    as_scorer_input,
+    build_scorer,
+    candidate_action_distribution,
+    is_ids_mode,
+)
 from recsim_mm.sampling import gumbel_top_k, plackett_luce_log_prob_and_entropy
 
 
