@@ -43,6 +43,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -403,7 +404,7 @@ class RLlibOutcome:
 
 def train_rllib_agent(agent: AgentConfig, rllib: RLlibConfig, env_id: str, env_options: dict[str, Any],
                       item_space: ItemSpace, run_dir: str | Path, ranker=None, address: str | None = None,
-                      num_cpus: int | None = None) -> RLlibOutcome:
+                      num_cpus: int | None = None, on_start: Callable[[Any], None] | None = None) -> RLlibOutcome:
     """Train (or resume) PPO on the scorer with RLlib; checkpoints and TensorBoard in ``run_dir``.
 
     Training runs whole RLlib iterations (one rollout of ``n_steps`` per user of every env
@@ -423,6 +424,8 @@ def train_rllib_agent(agent: AgentConfig, rllib: RLlibConfig, env_id: str, env_o
         run_dir: folder for ``checkpoint.pt``, ``rllib_checkpoint/`` and ``tensorboard/``.
         ranker: warm-start source (a trained `recsim_mm.ranker.Ranker` on ``item_space``).
         address, num_cpus: where Ray runs when it is not initialised yet (`connect`).
+        on_start: called with the RLlib `Algorithm` once it is built (and restored),
+            before the first iteration (to inspect it, e.g. the env runners' modules).
 
     Raises:
         ImportError: ray[rllib] is not installed.
@@ -449,6 +452,8 @@ def train_rllib_agent(agent: AgentConfig, rllib: RLlibConfig, env_id: str, env_o
             algo.restore_from_path(str((run_dir / "rllib_checkpoint").resolve()))
             steps = resumed_from = int(payload["num_timesteps"])
             iterations = int(payload["n_updates"])
+        if on_start is not None:
+            on_start(algo)
         writer = SummaryWriter(str(run_dir / "tensorboard"))
         next_checkpoint = (steps // agent.checkpoint_every + 1) * agent.checkpoint_every
         sampled_seconds, sampled_steps = 0.0, 0
