@@ -103,7 +103,7 @@ from experiments.config import (  # noqa: E402
     scorer_config,
     to_yaml,
 )
-from experiments.executor import LocalExecutor, make_executor, run_unit  # noqa: E402
+from experiments.executor import LocalExecutor, check_reachable, make_executor, run_unit  # noqa: E402
 from recsim_mm.catalog import Catalog, CatalogError, load_catalog  # noqa: E402
 from recsim_mm.device import default_torch_threads, resolve_device  # noqa: E402
 from recsim_mm.encoders import ImageEncoder, TextEncoder  # noqa: E402
@@ -483,6 +483,8 @@ def check_inputs(config: ExperimentConfig) -> dict[str, Any]:
             check_settings(rllib_config(config))
         except ValueError as exc:
             raise ConfigError(f"config key 'rllib.settings': {exc}") from None
+        if config.ray.address not in (None, "auto"):  # rllib_ppo connects there, even with executor=local
+            check_reachable(config.ray.address)
     check_held_out_seeds(config)
     results_dir = Path(config.results_dir)
     cache_dir = Path(config.cache_dir) if config.cache_dir is not None else results_dir / ".cache"
