@@ -891,7 +891,8 @@ def agents_stage(runner: StageRunner, config: ExperimentConfig, env: EnvSetup, i
                 reward_ranker=rankers.fused[seed] if getattr(config, run.config.algo).reward == "ranker" else None,
                 curve=curve, callbacks=(ProgressCallback(bar),) if runner.inline else (),
                 bc_log=logs.train if run.config.bc_epochs else None)
-        pending.append(runner.submit(run.stage, unit, resumable=True, keep=("num_timesteps",), on_done=done,
+        keep = ("num_timesteps", "env_steps_per_second") if rllib else ("num_timesteps",)
+        pending.append(runner.submit(run.stage, unit, resumable=True, keep=keep, on_done=done,
                                      strategy=name, seed=seed))
 
     def wait() -> None:

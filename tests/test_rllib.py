@@ -2,7 +2,8 @@
 
 One module-scoped Ray instance (2 CPUs) serves the tests that need Ray. What is shown:
 RLlib PPO with the scorer module learns on Satiation-v0 (beats random, paired over the
-same held-out users, evaluated through the SB3 code path every strategy uses); warm
+same held-out users, evaluated through the SB3 code path every strategy uses), its
+second half resumed from the first half's checkpoint; warm
 start puts the ranker's scores into the first step's logits of every copy of the module
 (the env runner's and the learner's); the slate distribution is Plackett-Luce, as the
 SB3 policy's; ``experiments/run.py agents=[...,rllib_ppo]`` writes the usual results
@@ -15,6 +16,7 @@ encoders), 10 candidates, 20-step sessions, 32 users on one env runner, 16k step
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 
@@ -120,12 +122,17 @@ def test_rllib_ppo_on_the_scorer_beats_random_on_satiation_and_warm_start_gives_
         checked["learner"] = all(torch.equal(learner[k], v) for k, v in ranker.warm_start_state_dict().items())
 
     started = time.perf_counter()
-    outcome = train_rllib_agent(AGENT, RLlibConfig(num_env_runners=1), ENV_ID, ENV_OPTIONS, item_space, tmp_path,
-                                ranker=ranker, on_start=first_step)
-    seconds = time.perf_counter() - started
+    half = dataclasses.replace(AGENT, total_steps=AGENT.total_steps // 2)
+    first = train_rllib_agent(half, RLlibConfig(num_env_runners=1), ENV_ID, ENV_OPTIONS, item_space, tmp_path,
+                              ranker=ranker, on_start=first_step)
     assert checked == {"runner": True, "learner": True}
-    assert outcome.num_timesteps >= AGENT.total_steps and outcome.resumed_from is None
-    assert (tmp_path / "rllib_checkpoint").is_dir() and list((tmp_path / "tensorboard").glob("events.out.*"))
+    assert first.resumed_from is None and (tmp_path / "rllib_checkpoint").is_dir()
+    # the second half resumes from the first's checkpoint (RLlib's state: weights, optimizer, counters)
+    outcome = train_rllib_agent(AGENT, RLlibConfig(num_env_runners=1), ENV_ID, ENV_OPTIONS, item_space, tmp_path,
+                                ranker=ranker)
+    seconds = time.perf_counter() - started
+    assert outcome.resumed_from == first.num_timesteps and outcome.num_timesteps >= AGENT.total_steps
+    assert list((tmp_path / "tensorboard").glob("events.out.*"))
 
     # Evaluated as every strategy is: the checkpoint through run.py's policy builder (SB3's
     # ScorerActorCriticPolicy), on the same held-out users as the random baseline.
@@ -144,7 +151,7 @@ def test_rllib_ppo_on_the_scorer_beats_random_on_satiation_and_warm_start_gives_
 
 
 @pytest.mark.slow
-def test_run_py_trains_rllib_ppo_beside_sb3_ppo_into_one_results_folder(local_ray, one_thread, tmp_path):
+def test_run_py_trains_rllib_ppo_into_the_usual_results_folder_and_table(local_ray, one_thread, tmp_path):
     from experiments.run import main
     from tests.test_experiments import read_metrics, stage_status
 
