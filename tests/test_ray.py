@@ -236,10 +236,11 @@ def test_a_sweep_over_a_user_model_parameter_writes_the_table_and_plot_and_resum
 
 
 @pytest.mark.slow
-def test_rllib_ppo_samples_on_both_nodes_of_the_cluster(cluster, tmp_path):
+def test_rllib_ppo_trains_on_slates_with_an_env_runner_on_each_node_of_the_cluster(cluster, tmp_path):
     """The RLlib backend (agent rllib_ppo) on the cluster: one env runner per node, each
-    stepping its own batched environment; the run writes its checkpoint (tests/test_rllib.py
-    shows it learning on a local instance)."""
+    stepping its own batched environment, here of slates (Plackett-Luce) in ``embeddings``
+    mode; the run writes its checkpoint (tests/test_rllib.py shows it learning on a local
+    instance, one item per step in ``ids`` mode)."""
     pytest.importorskip("ray.rllib")
     from agents.rllib_backend import RLlibConfig, train_rllib_agent
     from agents.train import AgentConfig
@@ -256,8 +257,8 @@ def test_rllib_ppo_samples_on_both_nodes_of_the_cluster(cluster, tmp_path):
 
     agent = AgentConfig(total_steps=512, num_envs=16, n_steps=16, batch_size=256, device="cpu",
                         scorer={"hidden_dim": 16, "num_heads": 2})
-    outcome = train_rllib_agent(agent, RLlibConfig(num_env_runners=2), "recsim_mm/Satiation-v0",
-                                {"num_candidates": 10, "obs_mode": "ids", "max_steps": 20},
+    outcome = train_rllib_agent(agent, RLlibConfig(num_env_runners=2), "recsim_mm/SatiationSlate-v0",
+                                {"num_candidates": 10, "obs_mode": "embeddings", "max_steps": 20},
                                 ItemSpace.random(50, 8, 8), tmp_path, address=cluster, on_start=where)
     assert len(nodes["runners"]) == 2 and len(set(nodes["runners"])) == 2  # one env runner on each node
     assert outcome.num_timesteps >= 512 and outcome.checkpoint.is_file()  # one iteration: 2 x 16 x 16 steps
