@@ -42,6 +42,7 @@ import difflib
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -140,7 +141,8 @@ _UNSUPPORTED = {
     "env_to_module_connector": "the scorer reads the observation dict itself (no flattening)",
     "evaluation_interval": "evaluation runs on the held-out users, outside RLlib (agents.evaluation)",
 }
-#: Ranges of the PPOConfig settings SB3's PPO shares (the SB3 defaults where RLlib's differ).
+#: SB3 PPO's loss in RLlib's settings (where RLlib's defaults differ): no KL term, the value
+#: loss unclipped with weight 0.5, the gradient norm clipped at 0.5.
 SB3_LOSS = {"use_kl_loss": False, "vf_loss_coeff": 0.5, "vf_clip_param": float("inf"),
             "grad_clip": 0.5, "grad_clip_by": "global_norm"}
 
@@ -210,12 +212,15 @@ def make_rllib_env(env_config: dict) -> gym.Env:
     "threads"}``, plus ``"num_envs"`` when RLlib vectorises (``vector_entry_point``
     mode): then the native `RecVectorEnv` of that many users (an empty info: the
     rollout does not read it, and RLlib turns info dicts into one dict per user).
+    ``threads`` (torch threads of an env runner's process) is None when the environment
+    lives in the driver (``num_env_runners=0``), whose setting is left alone.
     """
     import envs  # noqa: F401  (registers the ids in this worker process)
     from envs.rec_env import RecEnv
     from envs.vector_env import RecVectorEnv
 
-    torch.set_num_threads(max(1, int(env_config.get("threads", 1))))
+    if env_config.get("threads") is not None:
+        torch.set_num_threads(max(1, int(env_config["threads"])))
     options = {**gym.spec(env_config["env_id"]).kwargs, **env_config["options"]}
     if "num_envs" in env_config:
         return RecVectorEnv(int(env_config["num_envs"]), info_keys=[], **options)
@@ -281,8 +286,9 @@ def build_rllib_ppo(agent: AgentConfig, rllib: RLlibConfig, env_id: str, env_opt
     options = {**env_options, "item_space": item_space, "device": "cpu"}
     config = (
         PPOConfig()
-        .environment(env=RLLIB_ENV_NAME, env_config={"env_id": env_id, "options": options,
-                                                     "threads": rllib.num_cpus_per_env_runner})
+        .environment(env=RLLIB_ENV_NAME, env_config={
+            "env_id": env_id, "options": options,
+            "threads": rllib.num_cpus_per_env_runner if rllib.num_env_runners else None})
         .env_runners(num_env_runners=rllib.num_env_runners, num_envs_per_env_runner=agent.num_envs,
                      gym_env_vectorize_mode="vector_entry_point", rollout_fragment_length=agent.n_steps,
                      num_cpus_per_env_runner=rllib.num_cpus_per_env_runner)
@@ -365,16 +371,25 @@ def log_result(writer, result: dict, step: int, steps_this_iteration: int) -> di
 def module_state(algo) -> dict[str, torch.Tensor]:
     """The trained module's parameters (a learner's copy) as CPU tensors."""
     state = algo.learner_group.get_state(components=f"learner/rl_module/{MODULE_ID}")
-    weights = state["learner"]["rl_module"][MODULE_ID]
-    return {k: torch.as_tensor(np.asarray(v)).clone() if not isinstance(v, torch.Tensor) else v.detach().cpu().clone()
+    weights = state["learner"]["rl_module"][MODULE_ID]  # numpy arrays or tensors, by RLlib version
+    return {k: torch.as_tensor(np.array(v.detach().cpu() if isinstance(v, torch.Tensor) else v))
             for k, v in weights.items()}
 
 
 def save_rllib_checkpoint(run_dir: Path, algo, agent: AgentConfig, rllib: RLlibConfig, item_space: ItemSpace,
                           num_timesteps: int, iterations: int) -> None:
     """``checkpoint.pt`` (an `agents.train` agent checkpoint of the module's weights) and
-    RLlib's own ``rllib_checkpoint/`` (for resuming), the latter first."""
-    algo.save_to_path(str((run_dir / "rllib_checkpoint").resolve()))
+    RLlib's own ``rllib_checkpoint/`` (for resuming), the latter first. Each is replaced
+    whole: RLlib's folder is written beside it and renamed into place."""
+    final, fresh, old = (run_dir / name for name in ("rllib_checkpoint", ".rllib_checkpoint.new",
+                                                      ".rllib_checkpoint.old"))
+    shutil.rmtree(fresh, ignore_errors=True)
+    algo.save_to_path(str(fresh.resolve()))
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    fresh.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
     payload = {
         "format": CHECKPOINT_FORMAT,
         "algo": agent.algo,

@@ -1,6 +1,7 @@
 """The RLlib backend (agents.rllib_backend, agents.rllib_module) on a local Ray instance.
 
-One module-scoped Ray instance (2 CPUs) serves the tests that need Ray. What is shown:
+One module-scoped Ray instance (2 CPUs) serves the tests that need Ray; the learner runs
+in the test process (one torch thread, tests/conftest.py). What is shown:
 RLlib PPO with the scorer module learns on Satiation-v0 (beats random, paired over the
 same held-out users, evaluated through the SB3 code path every strategy uses), its
 second half resumed from the first half's checkpoint; warm
@@ -72,15 +73,6 @@ def local_ray():
         ray.shutdown()
 
 
-@pytest.fixture
-def one_thread():
-    """The learner runs in this process: one torch thread, as beside an env runner on 2 cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def held_out_env(item_space: ItemSpace, num_users: int = 256) -> RecVectorEnv:
     return RecVectorEnv(num_users, **{**gym.spec(ENV_ID).kwargs, **ENV_OPTIONS, "item_space": item_space,
                                       "device": "cpu"})
@@ -101,7 +93,7 @@ def as_tensors(obs: dict) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_rllib_ppo_on_the_scorer_beats_random_on_satiation_and_warm_start_gives_the_rankers_logits(
-        local_ray, one_thread, item_space, tmp_path):
+        local_ray, item_space, tmp_path):
     from ray.rllib.core.columns import Columns
 
     from agents.rllib_backend import module_state
@@ -151,12 +143,13 @@ def test_rllib_ppo_on_the_scorer_beats_random_on_satiation_and_warm_start_gives_
 
 
 @pytest.mark.slow
-def test_run_py_trains_rllib_ppo_into_the_usual_results_folder_and_table(local_ray, one_thread, tmp_path):
+def test_run_py_trains_rllib_ppo_into_the_usual_results_folder_and_table(local_ray, tmp_path):
     from experiments.run import main
     from tests.test_experiments import read_metrics, stage_status
 
     run_dir = main([*TINY, "seeds=[0]", "agents=[random,rllib_ppo]", "ppo.total_steps=512", "ppo.n_steps=16",
-                    "ppo.num_envs=16", "eval.num_users=32", "rllib.num_env_runners=1", f"results_dir={tmp_path}"])
+                    "ppo.num_envs=16", "eval.num_users=32", "eval.curve_users=0", "eval.trace_users=0",
+                    "eval.explain=false", "rllib.num_env_runners=1", f"results_dir={tmp_path}"])
     strategies = {row["strategy"] for row in read_metrics(run_dir)}
     assert {"random", "greedy", "rllib_ppo-warm"} <= strategies
     assert (run_dir / "checkpoints" / "rllib_ppo-warm-seed0.pt").is_file()
