@@ -26,8 +26,12 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) experiments/run.py $(ARGS)
 
+# One pytest worker per core (pytest-xdist); a module's tests stay on one worker, so its
+# module-scoped fixtures (trained rankers, the Ray test cluster) are built once.
+# `make test TEST_WORKERS=0` runs in one process.
+TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check recsim_mm envs agents experiments benchmarks tests

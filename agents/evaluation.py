@@ -49,6 +49,10 @@ class EvalResult:
             popularity and the item space's topics where known).
         new_items: item cold start only (an environment with ``new_items``, see
             `new_item_summary`): how the items that arrived during the evaluation fared.
+        step_clicks: ``(T,)`` clicks at session step ``t + 1``, summed over the users
+            still in their session then; step_users: ``(T,)`` how many users that is.
+            `ctr_by_step` divides them (user cold start: how fast a strategy learns a
+            user it has no or little history of; docs/cold_start.md).
     """
 
     episode_return: np.ndarray
@@ -64,6 +68,15 @@ class EvalResult:
     item_exposure: np.ndarray | None = None
     exposure: dict[str, float] = field(default_factory=dict)
     new_items: dict[str, float] = field(default_factory=dict)
+    step_clicks: np.ndarray | None = None
+    step_users: np.ndarray | None = None
+
+    def ctr_by_step(self) -> np.ndarray:
+        """``(T,)`` click-through rate at each session step (1, 2, ...): clicks over the
+        users whose session reached that step; empty without per-step counts."""
+        if self.step_clicks is None or self.step_users is None:
+            return np.zeros(0)
+        return self.step_clicks / np.maximum(self.step_users, 1)
 
     def summary(self) -> dict[str, float]:
         """Scalar metrics averaged over users (NaNs ignored where a user has none);
@@ -72,13 +85,17 @@ class EvalResult:
         The return decomposes as ``session_length x ctr x minutes_per_click`` (per user),
         so a gain can be traced to more steps, more clicks or longer watching;
         ``recommended_duration`` shows whether longer minutes come from longer items.
-        The exposure metrics (``exposure_gini``, ...) follow."""
+        ``ctr_first3`` is the CTR over session steps 1-3 only (pooled over users: the
+        cold-start phase of a session). The exposure metrics (``exposure_gini``, ...)
+        follow."""
         steps = np.maximum(self.session_length, 1)
         extra = {}
         if self.intra_list_diversity is not None:
             extra["intra_list_diversity"] = _nanmean(self.intra_list_diversity)
         if self.recommended_duration is not None:
             extra["recommended_duration"] = float(self.recommended_duration.mean())
+        if self.step_clicks is not None and self.step_users is not None:
+            extra["ctr_first3"] = float(self.step_clicks[:3].sum() / max(self.step_users[:3].sum(), 1))
         per_click = np.where(self.clicks > 0, self.engagement / np.maximum(self.clicks, 1), np.nan)
         return {
             "episode_return": float(self.episode_return.mean()),
@@ -163,6 +180,8 @@ def evaluate_recommender(
     slate_diversity_sum = np.zeros(num_users)
     unit_table = table / np.maximum(np.linalg.norm(table, axis=1, keepdims=True), 1e-12)
     traces: dict[str, list[np.ndarray]] = {}
+    step_clicks: list[float] = []
+    step_users: list[int] = []
     limit = max_steps if max_steps is not None else env.simulator.max_steps + 1
     for _ in range(limit):
         if hasattr(policy, "observe"):
@@ -192,6 +211,8 @@ def evaluate_recommender(
             policy.update(obs, actions, reward, info)
         ret[alive] += reward[alive]
         clicks[alive] += info["click"][alive]
+        step_clicks.append(float(info["click"][alive].sum()))
+        step_users.append(int(alive.sum()))
         engagement[alive] += info["engagement"][alive]
         length[alive] += 1
         for row in np.flatnonzero(alive & info["click"].astype(bool)):
@@ -224,6 +245,8 @@ def evaluate_recommender(
         exposure=exposure_summary(exposure, popularity, None if topics is None else topics.cpu().numpy()),
         new_items={} if arrivals is None else new_item_summary(
             exposure, item_clicks, first_click, arrivals.arrival.cpu().numpy(), arrivals.step),
+        step_clicks=np.asarray(step_clicks),
+        step_users=np.asarray(step_users),
     )
 
 

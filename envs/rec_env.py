@@ -63,6 +63,9 @@ class RecEnvOptions:
             last seeded reset; see `recsim_mm.candidates.ArrivalSchedule`); candidates
             are then uniform over the items available (not combined with
             ``candidates``).
+        history_prefix: user cold start: each fresh user arrives with this many past
+            steps in its history (0 = an empty history; see
+            `recsim_mm.simulator.Simulator`, docs/cold_start.md).
         device: ``"cpu"``, ``"cuda"``, ``"auto"``; default ``"cpu"`` for `RecEnv`
             (one user: kernel launches would dominate on a GPU), ``"auto"`` for the
             vector env.
@@ -82,6 +85,7 @@ class RecEnvOptions:
     reward_fn: Callable | None = None
     track_truth: bool = True
     new_items: list[dict[str, Any]] | None = None
+    history_prefix: int = 0
     device: str | torch.device | None = None
 
     @classmethod
@@ -139,6 +143,7 @@ def build_simulator(options: RecEnvOptions, num_users: int, default_device: str)
         reward=options.reward,
         track_truth=options.track_truth,
         candidate_source=arrivals,
+        history_prefix=options.history_prefix,
     )
 
 

@@ -38,6 +38,7 @@ import yaml
 from agents.references import REFERENCE_NAMES
 from agents.rllib_backend import RLlibConfig, unsupported_agent_settings
 from agents.train import AgentConfig
+from envs.ecosystems.creators import CREATOR_REWARDS
 from recsim_mm.ranker import TrainConfig
 from recsim_mm.scorer import ScorerConfig
 from recsim_mm.simulator import OBS_MODES, REWARDS
@@ -49,7 +50,7 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 #: its MMR re-ranking, the privileged references, and the RL agents (trained per seed;
 #: warm and/or cold start).
 BASELINE_AGENTS = ("random", "popular", "longest", "oracle", "linucb")
-RANKER_AGENTS = ("greedy", "mmr", "fair")
+RANKER_AGENTS = ("greedy", "greedy_id", "mmr", "fair")
 REFERENCE_AGENTS = REFERENCE_NAMES
 RL_AGENTS = ("ppo", "dqn", "slateq")
 #: RL agents for one recommendation per step / for slates (PPO acts on both).
@@ -124,6 +125,11 @@ class EnvConfig:
         reward: ``"engagement"`` (minutes) or ``"click"``; evaluation always reports
             this simulator reward.
         obs_mode: ``"ids"`` (item rows; policies hold the item table) or ``"embeddings"``.
+        history_prefix: user cold start: past steps every fresh user arrives with
+            (0 = an empty history; at most ``history_length``; docs/cold_start.md).
+        new_items: item cold start: the share of the catalog (its last rows) held back
+            from the logs, training and tuning, arriving at step 1 for the held-out
+            users (0 = off; docs/cold_start.md).
     """
 
     id: str | list[str] = "recsim_mm/InterestEvolution-v0"
@@ -132,6 +138,8 @@ class EnvConfig:
     max_steps: int = 50
     reward: str = "engagement"
     obs_mode: str = "ids"
+    history_prefix: int = 0
+    new_items: float = 0.0
 
 
 @dataclass
@@ -149,6 +157,10 @@ class LoggingConfig:
         num_users: logged training sessions.
         test_users: logged held-out sessions for the ranker's offline metrics.
         seed: seed of the logged users (test users use ``seed + 1``).
+        path: a folder with ``train.parquet`` and ``test.parquet`` of a real log
+            (``python -m recsim_mm.real_data import``, docs/real_data.md): the ranker
+            trains and is scored on it instead of simulated logs (the policy keys
+            above are then unused); None: simulated logs.
     """
 
     policy: str = "production"
@@ -158,6 +170,7 @@ class LoggingConfig:
     num_users: int = 2000
     test_users: int = 500
     seed: int = 0
+    path: str | None = None
 
 
 def library_view(name: str, library: type, fields: Sequence[str], doc: str,
@@ -286,6 +299,38 @@ class EvalConfig:
 
 #: Where stage units run: in this process, or as Ray tasks (docs/scaling.md).
 EXECUTORS = ("local", "ray")
+EXPERIMENTS = ("recommendation", "platforms", "creators")
+#: Strategies of each ecosystem experiment (`experiments.ecosystem`); the first is the reference.
+ECOSYSTEM_STRATEGIES = {"platforms": ("random", "oracle", "ppo", "ppo_shared"), "creators": ("fixed", "ppo")}
+
+
+@dataclass
+class EcosystemSection:
+    """The ecosystem experiments (``experiment=platforms`` or ``creators``;
+    `experiments.ecosystem`, docs/ecosystems.md).
+
+    Attributes:
+        strategies: which to run (default all: platforms ``random`` (reference), ``oracle``,
+            ``ppo``, ``ppo_shared``; creators ``fixed`` (reference), ``ppo``).
+        users: users in the ecosystem (null: 8 for platforms, 128 for creators).
+        candidates: candidates per user and step on each platform (platforms).
+        creators: number of creators (creators).
+        max_move: the farthest a creator moves per step, in map units (creators).
+        creator_reward: ``"exposure"`` or ``"engagement"`` share (creators).
+        episode: steps per episode.
+        steps: PPO environment steps per learner (null: 5000 platforms, 40000 creators).
+        eval_episodes: evaluation episodes per seed (the same for every strategy).
+    """
+
+    strategies: list[str] = field(default_factory=list)
+    users: int | None = None
+    candidates: int = 10
+    creators: int = 6
+    max_move: float = 0.1
+    creator_reward: str = "exposure"
+    episode: int = 50
+    steps: int | None = None
+    eval_episodes: int = 20
 
 
 @dataclass
@@ -330,7 +375,16 @@ class ExperimentConfig:
         user_model: None (the env id's own), a registered name or
             ``package.module:ClassName``.
         user_params: parameters of the user model (e.g. ``{patience: 5}``).
+        user_population: a fitted user population file (``python -m recsim_mm.real_data
+            calibrate``, docs/real_data.md): every environment's users are drawn from it
+            and take its fitted parameters (``user_params`` still win); None: the user
+            model's own hand-set users.
         agents: strategies to compare (see `KNOWN_AGENTS`).
+        experiment: ``"recommendation"`` (supervised vs RL recommenders, the default),
+            ``"platforms"`` (competing platforms) or ``"creators"`` (learning creators): the
+            ecosystem experiments (`experiments.ecosystem`) use ``seeds``, ``catalog``,
+            ``encoders``, ``user_model``, ``eval.seed_offset`` and the ``ecosystem`` section.
+        ecosystem: the ecosystem experiments' settings (`EcosystemSection`).
         executor: ``"local"`` (every unit in this process, one after another; Ray is
             not imported) or ``"ray"`` (stages 3-5's units as Ray tasks, see ``ray``).
         ray: the Ray cluster and per-task resources (`RayConfig`).
@@ -345,6 +399,7 @@ class ExperimentConfig:
     progress: bool = True
     user_model: str | None = None
     user_params: dict[str, Any] = field(default_factory=dict)
+    user_population: str | None = None
     agents: list[str] = field(
         default_factory=lambda: ["random", "popular", "longest", "greedy", "mmr", "ppo", "myopic_oracle", "planning"]
     )
@@ -359,6 +414,8 @@ class ExperimentConfig:
     slateq: SlateQSection = field(default_factory=SlateQSection)
     rllib: RLlibSection = field(default_factory=RLlibSection)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    experiment: str = "recommendation"
+    ecosystem: EcosystemSection = field(default_factory=EcosystemSection)
     executor: str = "local"
     ray: RayConfig = field(default_factory=RayConfig)
 
@@ -673,8 +730,25 @@ def validate(config: ExperimentConfig) -> None:
     _require(0.0 <= c.logging.epsilon <= 1.0, "logging.epsilon", c.logging.epsilon, "a number in [0, 1]")
     _require(c.logging.noise_std >= 0.0, "logging.noise_std", c.logging.noise_std, "a number >= 0")
     _require(c.logging.temperature > 0.0, "logging.temperature", c.logging.temperature, "a number > 0")
+    _require(0 <= c.env.history_prefix <= c.env.history_length, "env.history_prefix", c.env.history_prefix,
+             f"an integer in [0, env.history_length = {c.env.history_length}]")
+    _require(0.0 <= c.env.new_items < 0.5, "env.new_items", c.env.new_items,
+             "a share in [0, 0.5): 0 = off, else the share of the catalog held back until evaluation")
     _require(c.ranker.ndcg_k <= c.env.num_candidates, "ranker.ndcg_k", c.ranker.ndcg_k,
              f"at most env.num_candidates = {c.env.num_candidates}")
+    _require(c.experiment in EXPERIMENTS, "experiment", c.experiment, f"one of {list(EXPERIMENTS)}")
+    if c.experiment in ECOSYSTEM_STRATEGIES:
+        allowed = ECOSYSTEM_STRATEGIES[c.experiment]
+        _require(all(n in allowed for n in c.ecosystem.strategies) and
+                 len(set(c.ecosystem.strategies)) == len(c.ecosystem.strategies), "ecosystem.strategies",
+                 c.ecosystem.strategies, f"distinct names from {list(allowed)} (experiment={c.experiment})")
+    for key in ("ecosystem.candidates", "ecosystem.creators", "ecosystem.episode", "ecosystem.eval_episodes"):
+        _require(_get(c, key) >= 1, key, _get(c, key), "an integer >= 1")
+    for key in ("ecosystem.users", "ecosystem.steps"):
+        _require(_get(c, key) is None or _get(c, key) >= 1, key, _get(c, key), "null (the default) or an integer >= 1")
+    _require(c.ecosystem.max_move > 0, "ecosystem.max_move", c.ecosystem.max_move, "a number > 0 (map units)")
+    _require(c.ecosystem.creator_reward in CREATOR_REWARDS, "ecosystem.creator_reward", c.ecosystem.creator_reward,
+             f"one of {list(CREATOR_REWARDS)}")
     _require(c.executor in EXECUTORS, "executor", c.executor, f"one of {list(EXECUTORS)}")
     _require(c.ray.address is None or bool(c.ray.address.strip()), "ray.address", c.ray.address,
              "null (a local Ray instance), 'auto', 'host:port' or 'ray://host:port'")

@@ -9,6 +9,9 @@
    positions); the script prints exposure concentration (Gini over creators),
    content diversity of the recommendations, creator spread and user welfare, and
    plots them over the episode to ``<out>/creators.png`` (+ ``summary.json``).
+
+The experiment itself is `experiments.ecosystem.creator_runs` (``make run
+ARGS="preset=creators"`` runs it over several seeds, with the results-folder conventions).
 """
 
 from __future__ import annotations
@@ -23,15 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import matplotlib  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from agents.ecosystem_training import StayPolicy, run_episode, train_shared  # noqa: E402
-from envs.ecosystems import creators  # noqa: E402
+from envs.ecosystems.creators import CREATOR_REWARDS  # noqa: E402
+from experiments.ecosystem import creator_metrics, creator_options, creator_runs, plot_creators  # noqa: E402
 from recsim_mm.device import default_torch_threads  # noqa: E402
 from recsim_mm.pipeline import default_item_space  # noqa: E402
 
@@ -49,130 +47,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--episode", type=int, default=50, help="steps per episode")
     parser.add_argument("--items", type=int, default=600, help="catalog size (default_item_space)")
     parser.add_argument("--max-move", type=float, default=0.1)
-    parser.add_argument("--reward", choices=creators.CREATOR_REWARDS, default="exposure")
+    parser.add_argument("--reward", choices=CREATOR_REWARDS, default="exposure")
     parser.add_argument("--eval-seeds", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "ecosystem_creators")
     return parser.parse_args(argv)
 
 
-def summarise(histories: list) -> dict[str, dict]:
-    """Episode mean, last-10-step mean (over evaluation seeds) and each seed's last-10 mean of each metric."""
-    out = {}
-    for key in METRICS:
-        series = np.stack([h.array(key) for h in histories])  # (seeds, T)
-        out[key] = {
-            "episode_mean": float(series.mean()),
-            "last10_mean": float(series[:, -10:].mean()),
-            "last10_per_seed": [round(float(v), 4) for v in series[:, -10:].mean(1)],
-        }
-    return out
-
-
 def main(argv: list[str] | None = None) -> dict:
+    """Run the comparison, print it, write ``summary.json`` and ``creators.png``; returns the summary."""
     args = parse_args(argv)
     torch.set_num_threads(default_torch_threads())
     space = default_item_space(num_items=args.items)
-    options = dict(
-        item_space=space,
-        num_creators=args.creators,
-        num_users=args.users,
-        max_steps=args.episode,
-        max_move=args.max_move,
-        creator_reward=args.reward,
-    )
-    env = creators.parallel_env(**options)
+    options = creator_options(space, args.creators, args.users, args.episode, args.max_move, args.reward)
     eval_seeds = [10_000 + i for i in range(args.eval_seeds)]
-
-    fixed = {agent: StayPolicy(env.map_dim) for agent in env.possible_agents}
-    fixed_runs = [run_episode(env, fixed, seed=s) for s in eval_seeds]
-
     start = time.perf_counter()
-    model = train_shared(
-        creators.parallel_env(**options),
-        args.steps,
-        num_copies=2,
-        seed=args.seed,
-        n_steps=128,
-        batch_size=256,
-        n_epochs=5,
-        learning_rate=3e-4,
-        gamma=0.95,
-        ent_coef=0.0,
-        verbose=0,
-    )
-    train_s = time.perf_counter() - start
-    learned = dict.fromkeys(env.possible_agents, model)
-    learned_runs = [run_episode(env, learned, seed=s) for s in eval_seeds]
-
+    runs = creator_runs(options, args.steps, args.seed, eval_seeds)
+    seconds = time.perf_counter() - start
+    per_seed = {name: [creator_metrics([h]) for h in histories] for name, histories in runs.items()}
     summary = {
         "command": ".venv/bin/python experiments/ecosystem_creators.py "
         + " ".join(sys.argv[1:] if argv is None else argv),
         "options": {k: v for k, v in vars(args).items() if k != "out"},
-        "train_seconds": round(train_s, 1),
-        "fixed": summarise(fixed_runs),
-        "learning": summarise(learned_runs),
+        "seconds": round(seconds, 1),
+        **{("learning" if name == "ppo" else name): creator_metrics(histories) for name, histories in runs.items()},
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
-    plot(fixed_runs, learned_runs, args.out / "creators.png")
+    plot_creators({"fixed creators": runs["fixed"], "learning creators (PPO)": runs["ppo"]},
+                  args.out / "creators.png")
 
-    print(
-        f"trained {args.steps} agent-steps in {train_s:.0f} s; evaluation over {len(eval_seeds)} seeds"
-    )
-    print(
-        f"{'metric':15s} {'fixed':>8s} {'learning':>9s}   last 10 steps: fixed vs learning; seeds where learning is higher"
-    )
+    print(f"trained and evaluated in {seconds:.0f} s; evaluation over {len(eval_seeds)} seeds")
+    print(f"{'metric':15s} {'fixed':>8s} {'learning':>9s}   last 10 steps: fixed vs learning; "
+          "seeds where learning is higher")
     for key in METRICS:
-        f, learn = summary["fixed"][key], summary["learning"][key]
-        higher = sum(
-            b > a for a, b in zip(f["last10_per_seed"], learn["last10_per_seed"], strict=True)
-        )
-        print(
-            f"{key:15s} {f['episode_mean']:8.3f} {learn['episode_mean']:9.3f}   "
-            f"{f['last10_mean']:.3f} vs {learn['last10_mean']:.3f}; {higher}/{len(f['last10_per_seed'])}"
-        )
+        f, learn = summary["fixed"], summary["learning"]
+        higher = sum(b[f"{key}_last10"] > a[f"{key}_last10"] for a, b in zip(per_seed["fixed"], per_seed["ppo"],
+                                                                              strict=True))
+        print(f"{key:15s} {f[key]:8.3f} {learn[key]:9.3f}   "
+              f"{f[key + '_last10']:.3f} vs {learn[key + '_last10']:.3f}; {higher}/{len(eval_seeds)}")
     print(f"figure: {args.out / 'creators.png'}")
     return summary
-
-
-def plot(fixed_runs: list, learned_runs: list, path: Path) -> None:
-    """Gini, diversity and spread over the episode (mean over seeds), and one seed's trajectories."""
-    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
-    for ax, key, title in zip(
-        axes[:3],
-        ("exposure_gini", "diversity", "spread"),
-        (
-            "exposure concentration (Gini)",
-            "content diversity of recommendations",
-            "creator spread (map units)",
-        ),
-        strict=True,
-    ):
-        for runs, label in (
-            (fixed_runs, "fixed creators"),
-            (learned_runs, "learning creators (PPO)"),
-        ):
-            series = np.stack([h.array(key) for h in runs])
-            steps = np.arange(1, series.shape[1] + 1)
-            ax.plot(steps, series.mean(0), label=label)
-            ax.fill_between(steps, series.min(0), series.max(0), alpha=0.15)
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        ax.legend()
-    ax = axes[3]
-    for runs, style, label in ((fixed_runs, "o", "fixed"), (learned_runs, "-", "learning")):
-        positions = runs[0].array("positions")  # (T, C, q)
-        for c in range(positions.shape[1]):
-            ax.plot(positions[:, c, 0], positions[:, c, 1], style, color=f"C{c}", ms=3, alpha=0.8)
-        ax.plot([], [], style, color="gray", label=label)
-    ax.set_title("creator positions (map axes 0, 1), seed 0")
-    ax.set_xlim(-1, 1)
-    ax.set_ylim(-1, 1)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

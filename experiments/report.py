@@ -27,6 +27,7 @@ METRICS = {
     "episode_return": "true simulator return per session",
     "session_length": "steps per session",
     "ctr": "clicks per step",
+    "ctr_first3": "clicks per step over session steps 1-3 (pooled over users: the cold-start phase)",
     "minutes_per_click": "minutes watched per click",
     "recommended_duration": "mean duration of the recommended item (minutes)",
     "engagement_per_step": "minutes per step",
@@ -39,6 +40,10 @@ METRICS = {
     "top1_exposure_share": "share of exposure to the 1% most popular items (logs)",
     "top10_exposure_share": "share of exposure to the 10% most popular items (logs)",
     "long_tail_exposure_share": "share of exposure to items outside the 20% most popular",
+    "new_item_ctr": "item cold start: clicks per exposure of the items that arrived during evaluation",
+    "new_item_exposure_share": "item cold start: share of all exposure going to the arrived items",
+    "new_items_clicked": "item cold start: share of the arrived items clicked at least once",
+    "new_item_steps_to_first_click": "item cold start: steps from arrival to an arrived item's first click",
 }
 #: Privileged references every summary reports fractions of (`agents.references`).
 REFERENCES = REFERENCE_NAMES
@@ -47,6 +52,8 @@ BREAKDOWN = ("episode_return", "session_length", "ctr", "minutes_per_click", "re
 #: Exposure fairness (`recsim_mm.metrics.exposure_summary`), a table of its own in summary.md.
 EXPOSURE = ("exposure_gini", "topic_exposure_gini", "top1_exposure_share", "top10_exposure_share",
             "long_tail_exposure_share")
+#: Item cold start (`agents.evaluation.new_item_summary`), a table of its own in summary.md.
+NEW_ITEMS = ("new_item_ctr", "new_item_exposure_share", "new_items_clicked", "new_item_steps_to_first_click")
 #: Strategy names of the exposure-aware re-ranker: ``fair-<weight>``.
 FAIR_PREFIX = "fair-"
 
@@ -396,6 +403,11 @@ def summary_markdown(title: str, setting: str, results: dict[str, EnvResults],
             out += ["Exposure (how each strategy spreads what it shows over items and topics; every slate "
                     "position counts; popularity = clicks in the training logs):", "",
                     comparison_table(r.metrics, exposure), ""]
+        new_items = [m for m in NEW_ITEMS if m in r.metric_names]
+        if new_items:
+            out += ["New items (item cold start: held back from the logs and training, arriving at step 1 for the "
+                    "held-out users; `greedy_id` ranks by learned item ids, no content):", "",
+                    comparison_table(r.metrics, new_items), ""]
         comparisons = r.comparisons()
         if comparisons:
             out += ["Paired with the greedy ranker (same held-out users per seed):", "",
@@ -473,10 +485,12 @@ def plot_learning_curves(
     plt.close(fig)
 
 
-def plot_metric_bars(metrics: dict[str, dict[int, dict[str, float]]], path: Path) -> None:
-    """One panel per metric: a bar per strategy at the mean, error bar = 95% CI over seeds."""
+def plot_metric_bars(metrics: dict[str, dict[int, dict[str, float]]], path: Path,
+                     names: Sequence[str] = BAR_METRICS) -> None:
+    """One panel per metric of ``names`` present in ``metrics``: a bar per strategy at the
+    mean, error bar = 95% CI over seeds."""
     plt = _pyplot()
-    names = [n for n in BAR_METRICS if any(n in m for per in metrics.values() for m in per.values())]
+    names = [n for n in names if any(n in m for per in metrics.values() for m in per.values())]
     cols = 3
     rows = math.ceil(len(names) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)

@@ -41,6 +41,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -104,11 +105,11 @@ from experiments.config import (  # noqa: E402
     to_yaml,
 )
 from experiments.executor import LocalExecutor, check_reachable, make_executor, run_unit  # noqa: E402
-from recsim_mm.catalog import Catalog, CatalogError, load_catalog  # noqa: E402
+from recsim_mm.catalog import Catalog, CatalogError, file_sha256, load_catalog  # noqa: E402
 from recsim_mm.device import default_torch_threads, resolve_device  # noqa: E402
 from recsim_mm.encoders import ImageEncoder, TextEncoder  # noqa: E402
 from recsim_mm.explain import modality_check  # noqa: E402
-from recsim_mm.files import source_hash, write_json  # noqa: E402
+from recsim_mm.files import atomic_write, source_hash, write_json  # noqa: E402
 from recsim_mm.item_space import ItemSpace  # noqa: E402
 from recsim_mm.logs import (  # noqa: E402
     EpsilonMixture,
@@ -347,6 +348,8 @@ def environment_setup(config: ExperimentConfig, device: torch.device, env_id: st
         obs_mode=config.env.obs_mode,
         device=str(device),
     )
+    if config.env.history_prefix:  # only when set: the stage keys of other runs stay as they were
+        options["history_prefix"] = config.env.history_prefix
     if config.user_model is not None:
         options["user_model"] = config.user_model
     if config.user_params:
@@ -377,7 +380,7 @@ def strategies_of(config: ExperimentConfig) -> list[str]:
     names = [a for a in config.agents if a in BASELINE_AGENTS]
     if "greedy" in config.agents or "mmr" in config.agents or "fair" in config.agents or rl:
         names.append("greedy")
-    names += [a for a in config.agents if a == "mmr"]
+    names += [a for a in config.agents if a in ("greedy_id", "mmr")]
     if "fair" in config.agents:
         names += [report.fair_name(weight) for weight in config.eval.fairness]
     names += [f"{algo}-{start}" for algo, start in rl]
@@ -485,13 +488,66 @@ def check_inputs(config: ExperimentConfig) -> dict[str, Any]:
             raise ConfigError(f"config key 'rllib.settings': {exc}") from None
         if config.ray.address not in (None, "auto"):  # rllib_ppo connects there, even with executor=local
             check_reachable(config.ray.address)
+    if config.env.new_items:
+        setups = hold_back_new_items(config, setups, num_items)
     check_held_out_seeds(config)
+    if config.experiment != "recommendation":
+        from experiments.ecosystem import check_ecosystem  # supersuit: only for these experiments
+
+        check_ecosystem(config)
     results_dir = Path(config.results_dir)
     cache_dir = Path(config.cache_dir) if config.cache_dir is not None else results_dir / ".cache"
     check_writable(results_dir, "results_dir")
     check_writable(cache_dir, "cache_dir" if config.cache_dir is not None else "results_dir")
+    check_real_data(config, setups, cache_dir)
     return {"device": device, "envs": setups, "text_encoder": text_encoder, "image_encoder": image_encoder,
             "catalog": catalog, "cache_dir": cache_dir, "results_dir": results_dir}
+
+
+def check_real_data(config: ExperimentConfig, setups: list[EnvSetup], cache_dir: Path) -> None:
+    """``logging.path`` holds both log files; ``user_population`` exists and goes to every
+    environment's users as a copy named by its content hash (so stage keys follow the
+    file's content, not its path)."""
+    if config.logging.path is not None:
+        missing = [n for n in REAL_LOG_FILES if not (Path(config.logging.path) / n).is_file()]
+        if missing:
+            raise ConfigError(f"config key 'logging.path': folder {config.logging.path!r} lacks {missing} "
+                              "(written by python -m recsim_mm.real_data import)")
+        if config.scorer.use_time_left:
+            raise ConfigError("config key 'scorer.use_time_left' = True: a real log (logging.path) records no "
+                              "user's time left; set scorer.use_time_left=false")
+    if config.user_population is not None:
+        source = Path(config.user_population)
+        if not source.is_file():
+            raise ConfigError(f"config key 'user_population': file {str(source)!r} does not exist")
+        copy = cache_dir / "populations" / f"{file_sha256(source)[:16]}.pt"
+        if not copy.is_file():
+            atomic_write(copy, lambda f: f.write(source.read_bytes()))
+        for env in setups:
+            env.options["user_params"] = {**(env.options.get("user_params") or {}), "population": str(copy)}
+
+
+#: Arrival step of the held-back items in logs, training and tuning: a step no run reaches.
+NEVER = 10**9
+
+
+def hold_back_new_items(config: ExperimentConfig, setups: list[EnvSetup], num_items: int) -> list[EnvSetup]:
+    """Item cold start (``env.new_items``): the catalog's last rows are held back from the
+    logs, training and tuning (they arrive at a step no run reaches) and arrive at step 1
+    for the held-out users (`evaluate_unit`), so no log, training episode or history
+    mentions them."""
+    count = int(round(config.env.new_items * num_items))
+    if not 1 <= count <= num_items - config.env.num_candidates:
+        raise ConfigError(f"config key 'env.new_items' = {config.env.new_items}: holds back {count} of {num_items} "
+                          f"items; expected at least 1, leaving at least env.num_candidates = "
+                          f"{config.env.num_candidates} items")
+    held = []
+    for env in setups:
+        if env.options.get("candidates"):
+            raise ConfigError(f"config key 'env.new_items': env.id {env.id!r} sets candidate options, which "
+                              f"item cold start does not combine with (candidates are uniform over the items so far)")
+        held.append(dataclasses.replace(env, options={**env.options, "new_items": [{"at": NEVER, "last": count}]}))
+    return held
 
 
 def logging_policy(config: ExperimentConfig, item_space: ItemSpace):
@@ -517,6 +573,13 @@ def collect_logs_unit(folder: Path, env: EnvSetup, item_space: ItemSpace, policy
     simulator = build_simulator(options, num_users=min(1024, num_users), default_device=device)
     collect(simulator, policy, num_users, steps, seed=seed).save(folder / "train.parquet")
     collect(simulator, policy, test_users, steps, seed=seed + 1).save(folder / "test.parquet")
+    return {}
+
+
+def copy_real_log(folder: Path, source: Path) -> dict:
+    """Copy a real log's ``train.parquet`` and ``test.parquet`` into the logs stage ``folder``."""
+    for name in REAL_LOG_FILES:
+        shutil.copyfile(source / name, folder / name)
     return {}
 
 
@@ -623,7 +686,8 @@ def build_policy(spec: PolicySpec, env: EnvSetup, item_space: ItemSpace) -> Any:
         return ExposureAwareRecommender(spec.ranker.policy(objective=reward), item_space.fused, spec.fairness,
                                         slate_size=env.slate_size, seed=spec.seed)
     if spec.agent is None:
-        return make_baseline(spec.name, item_space.fused, popularity=spec.popularity, duration=item_space.duration,
+        name = "greedy" if spec.name == "greedy_id" else spec.name  # greedy on the id-only ranker
+        return make_baseline(name, item_space.fused, popularity=spec.popularity, duration=item_space.duration,
                              ranker=spec.ranker, objective=reward, slate_size=env.slate_size, seed=spec.seed)
     venv = make_env(spec.agent, env.id, {**env.options, "item_space": item_space})
     # the KL prior and behaviour cloning act in training only: the trained weights are all there is
@@ -645,8 +709,11 @@ def evaluate_unit(policy: PolicySpec, env: EnvSetup, item_space: ItemSpace, num_
         ``{"summary": metrics of `agents.evaluation.EvalResult.summary`, "curve_level"}``.
     """
     model = build_policy(policy, env, item_space)
-    summary = evaluate_recommender(model, env.vector_env(num_users, item_space), seed=seed,
-                              item_table=item_space.fused, popularity=popularity).summary()
+    arrivals = {}
+    if "new_items" in env.options:  # item cold start: the held-back items arrive for the held-out users
+        arrivals["new_items"] = [{"at": 1, "last": env.options["new_items"][0]["last"]}]
+    summary = evaluate_recommender(model, env.vector_env(num_users, item_space, **arrivals), seed=seed,
+                                   item_table=item_space.fused, popularity=popularity).summary()
     curve_level = None
     if curve is not None:
         curve_level = evaluate_recommender(model, env.vector_env(curve[0], item_space), seed=curve[1],
@@ -655,6 +722,10 @@ def evaluate_unit(policy: PolicySpec, env: EnvSetup, item_space: ItemSpace, num_
 
 
 # -- stages 1-5 ------------------------------------------------------------------------------
+
+
+#: The files of a real log folder (``logging.path``).
+REAL_LOG_FILES = ("train.parquet", "test.parquet")
 
 
 def item_space_stage(runner: StageRunner, config: ExperimentConfig, inputs: dict) -> tuple[Stage, ItemSpace]:
@@ -688,6 +759,7 @@ def check_user_model(config: ExperimentConfig, env: EnvSetup, item_space: ItemSp
         venv = env.vector_env(1, item_space, device="cpu")
     except (ValueError, TypeError) as exc:
         key = "user_params" if config.user_params else "user_model"
+        key = "user_population" if config.user_population and "population" in str(exc) else key
         raise ConfigError(f"config key {key!r}: {exc}") from None
     references = [a for a in config.agents if a in REFERENCE_AGENTS]
     if references:
@@ -773,16 +845,24 @@ class Logs:
 def logs_stage(runner: StageRunner, config: ExperimentConfig, env: EnvSetup, items: Stage,
                item_space: ItemSpace, device: torch.device) -> Logs:
     """Stage 2: the logging policy's sessions with simulated users of ``env``."""
-    stage = runner.stage("logs", ("recsim_mm", "envs"), items=items.key, env=env.key,
-                         logging=dataclasses.asdict(config.logging), device=device.type)
-    runner.progress.stage(2, "logged interactions", "cached" if stage.done else
+    real = Path(config.logging.path) if config.logging.path is not None else None
+    source = ({"real_log": [file_sha256(real / n) for n in REAL_LOG_FILES]} if real is not None else
+              {"env": env.key, "logging": dataclasses.asdict(config.logging)})
+    stage = runner.stage("logs", ("recsim_mm", "envs"), items=items.key, device=device.type, **source)
+    runner.progress.stage(2, "logged interactions", "cached" if stage.done else f"real log {real}" if real else
                           f"{config.logging.policy} policy on {config.logging.num_users} + "
                           f"{config.logging.test_users} simulated users")
-    runner.run(stage, lambda folder: collect_logs_unit(
-        folder, env, item_space, logging_policy(config, item_space), config.logging.num_users,
-        config.logging.test_users, config.env.max_steps, config.logging.seed, str(device)))
-    train_log = InteractionLog.load(stage.dir / "train.parquet", item_space)
-    test_log = InteractionLog.load(stage.dir / "test.parquet", item_space)
+    if real is not None:
+        runner.run(stage, partial(copy_real_log, source=real))
+    else:
+        runner.run(stage, lambda folder: collect_logs_unit(
+            folder, env, item_space, logging_policy(config, item_space), config.logging.num_users,
+            config.logging.test_users, config.env.max_steps, config.logging.seed, str(device)))
+    try:
+        train_log = InteractionLog.load(stage.dir / "train.parquet", item_space)
+        test_log = InteractionLog.load(stage.dir / "test.parquet", item_space)
+    except ValueError as exc:  # a real log over another catalog
+        raise ConfigError(f"config key 'logging.path': {exc}") from None
     popularity = PopularRecommender.from_log(train_log, item_space.fused).popularity
     print(f"      {len(train_log)} training records, {len(test_log)} held-out records, "
           f"click rate {train_log.clicks.mean():.3f}", flush=True)
@@ -792,11 +872,13 @@ def logs_stage(runner: StageRunner, config: ExperimentConfig, env: EnvSetup, ite
 @dataclass
 class Rankers:
     """Stage 3's output: the stages per ``(modality, seed)``, the fused ranker per seed,
-    and the held-out offline metrics ``{modality: {seed: {metric: value}}}``."""
+    the held-out offline metrics ``{modality: {seed: {metric: value}}}`` and, with
+    ``greedy_id`` among the agents, the id-only ranker per seed."""
 
     stages: dict[tuple[str, int], Stage]
     fused: dict[int, Ranker]
     offline: dict[str, dict[int, dict[str, float]]]
+    id_only: dict[int, Ranker] = field(default_factory=dict)
 
 
 def rankers_stage(runner: StageRunner, config: ExperimentConfig, logs: Logs, item_space: ItemSpace,
@@ -804,6 +886,8 @@ def rankers_stage(runner: StageRunner, config: ExperimentConfig, logs: Logs, ite
     """Stage 3: the supervised ranker per seed (+ text-only / image-only ablations)."""
     needed = any(a in config.agents for a in RANKER_AGENTS) or bool(rl_runs(config))
     modalities = ["fused", "text", "image"] if config.ranker.ablations else ["fused"]
+    if "greedy_id" in config.agents:  # the id-only baseline: item vectors replaced by learned id embeddings
+        modalities.append("id")
     stages = {(m, s): runner.stage("ranker", ("recsim_mm",), logs=logs.stage.key, seed=s, modality=m,
                                    scorer=dataclasses.asdict(config.scorer),
                                    train=dataclasses.asdict(config.ranker), device=device.type)
@@ -820,8 +904,9 @@ def rankers_stage(runner: StageRunner, config: ExperimentConfig, logs: Logs, ite
         on_done=lambda info: bar.update(1)) for (modality, seed), stage in stages.items()]
     for ((modality, seed), stage), info in zip(stages.items(), runner.gather(pending), strict=True):
         result.offline.setdefault(modality, {})[seed] = info["metrics"]
-        if modality == "fused":
-            result.fused[seed] = Ranker.load(stage.dir / "ranker.pt", item_space, device=device)
+        if modality in ("fused", "id"):
+            (result.fused if modality == "fused" else result.id_only)[seed] = Ranker.load(
+                stage.dir / "ranker.pt", item_space, device=device)
     bar.close()
     return result
 
@@ -908,7 +993,8 @@ def policy_spec(name: str, seed: int, logs: Logs, rankers: Rankers,
     if (name, seed) in agents:
         run = agents[(name, seed)]
         return PolicySpec(name, seed, agent=run.config, checkpoint=run.stage.dir / "checkpoint.pt")
-    return PolicySpec(name, seed, ranker=rankers.fused.get(seed), popularity=logs.popularity,
+    ranker = rankers.id_only.get(seed) if name == "greedy_id" else rankers.fused.get(seed)
+    return PolicySpec(name, seed, ranker=ranker, popularity=logs.popularity,
                       diversity=tuned.get(("mmr", seed), 0.0), horizon=tuned.get(("planning", 0), 0.0),
                       fairness=report.fair_weight(name) or 0.0)
 
@@ -923,6 +1009,8 @@ def evaluation_stage(runner: StageRunner, config: ExperimentConfig, env: EnvSetu
             return agents[(name, seed)].stage.key
         if name == "greedy" or report.fair_weight(name) is not None:
             return rankers.stages[("fused", seed)].key
+        if name == "greedy_id":
+            return rankers.stages[("id", seed)].key
         if name == "mmr":
             return f"{rankers.stages[('fused', seed)].key}:{tuned[('mmr', seed)]}"
         if name == "planning":
@@ -1080,6 +1168,12 @@ def run_experiment(runner: StageRunner, config: ExperimentConfig, inputs: dict, 
     """Stages 1-6 of `main` once the inputs are checked and the executor is ready."""
     device = inputs["device"]
     items, item_space = item_space_stage(runner, config, inputs)
+    if config.experiment != "recommendation":  # competing platforms or learning creators
+        from experiments.ecosystem import run_ecosystem
+
+        return run_ecosystem(runner, config, items, lambda: new_run_folder(inputs["results_dir"], config.name,
+                                                                           started_at),
+                             to_yaml(config), torch.get_num_threads(), t0)
     for env in inputs["envs"]:
         check_user_model(config, env, item_space)
     suite = len(inputs["envs"]) > 1

@@ -418,7 +418,9 @@ class ArrivalSchedule:
     def parse(cls, spec: Any, item_space: ItemSpace) -> ArrivalSchedule:
         """Read ``[{"at": step, "items": [item id or row, ...]}, ...]``.
 
-        Items are item ids (str, `ItemSpace.item_ids`) or rows (int).
+        Items are item ids (str, `ItemSpace.item_ids`) or rows (int). A batch may
+        instead be ``{"at": step, "last": n}``: the last ``n`` rows of the item space
+        (a catalog in publication order: its newest items).
 
         Raises:
             ValueError: not such a list, a step that is not an int >= 1 or not larger
@@ -429,8 +431,15 @@ class ArrivalSchedule:
             raise ValueError(f"new_items must be a non-empty list of {{'at': step, 'items': [...]}}; got {spec!r}")
         steps, rows, seen = [], [], set()
         for i, batch in enumerate(spec):
-            if not isinstance(batch, dict) or set(batch) != {"at", "items"}:
-                raise ValueError(f"new_items[{i}] must be a dict with keys 'at' and 'items'; got {batch!r}")
+            if not isinstance(batch, dict) or set(batch) not in ({"at", "items"}, {"at", "last"}):
+                raise ValueError(f"new_items[{i}] must be a dict with keys 'at' and 'items' (or 'at' and "
+                                 f"'last'); got {batch!r}")
+            if "last" in batch:
+                last = batch["last"]
+                if isinstance(last, bool) or not isinstance(last, int) or not 1 <= last < item_space.num_items:
+                    raise ValueError(f"new_items[{i}]['last']={last!r}: expected an int in [1, "
+                                     f"{item_space.num_items}) (the item space has {item_space.num_items} items)")
+                batch = {"at": batch["at"], "items": list(range(item_space.num_items - last, item_space.num_items))}
             at, items = batch["at"], batch["items"]
             if isinstance(at, bool) or not isinstance(at, int) or at < 1:
                 raise ValueError(f"new_items[{i}]['at']={at!r}: expected an int step >= 1")

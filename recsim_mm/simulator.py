@@ -168,6 +168,14 @@ class Simulator:
             `CandidateGenerator` that ``candidates`` configures (an ecosystem's
             creators, say); see `recsim_mm.candidates.CandidateSource`. It can also
             be set later with `set_candidate_source`.
+        history_prefix: user cold start (docs/cold_start.md): each fresh user arrives
+            with ``P`` past steps already in the observed history instead of none
+            (``0 <= P <= H``). Past step ``j`` is the user's favourite (highest true
+            affinity) of ``K`` items drawn uniformly from the catalog, recorded as a
+            click watched in full (its duration in minutes). The prefix only fills
+            the history: the user's hidden state (interests, satiation, budget) is
+            not changed by it. 0 (default) draws nothing, so trajectories are
+            unchanged.
     """
 
     def __init__(
@@ -185,6 +193,7 @@ class Simulator:
         track_truth: bool = True,
         seed: int | None = None,
         candidate_source: CandidateSource | None = None,
+        history_prefix: int = 0,
     ) -> None:
         if obs_mode not in OBS_MODES:
             raise ValueError(f"obs_mode={obs_mode!r} is not an observation mode; expected one of {OBS_MODES}")
@@ -200,6 +209,11 @@ class Simulator:
                 raise ValueError(f"{name}={value!r} must be an integer >= {low}")
         if slate_size > num_candidates:
             raise ValueError(f"slate_size={slate_size} exceeds num_candidates={num_candidates}")
+        if (not isinstance(history_prefix, int) or isinstance(history_prefix, bool)
+                or not 0 <= history_prefix <= history_length):
+            raise ValueError(f"history_prefix={history_prefix!r} must be an integer in [0, history_length="
+                             f"{history_length}] (past steps a fresh user arrives with)")
+        self.history_prefix = history_prefix
         self.users = user_model
         self.device = dev = user_model.device
         self.item_space = item_space if item_space.device == dev else item_space.to(dev)
@@ -321,8 +335,26 @@ class Simulator:
         if self._hist_rows is not None:
             self._hist_rows.index_fill_(0, rows, self._padding_row)
         self.steps.index_fill_(0, rows, 0)
+        if self.history_prefix:
+            self._write_prefix(rows)
         self.candidate_generator.clear_rows(rows)
         self._draw_candidates(rows)
+
+    def _write_prefix(self, rows: torch.Tensor) -> None:
+        """Fill the newest ``P`` history slots of the fresh ``rows`` (see ``history_prefix``)."""
+        p, k, h = self.history_prefix, self.num_candidates, self.history_length
+        pool = torch.randint(self.item_space.num_items, (rows.numel(), p * k), generator=self.generator,
+                             device=self.device)
+        affinity = self.users.affinity(pool, rows).view(-1, p, k)
+        chosen = pool.view(-1, p, k).gather(2, affinity.argmax(2, keepdim=True)).squeeze(2)  # (R, P)
+        slots = torch.arange(self._start + h - p, self._start + h, device=self.device)
+        index = (rows[:, None], slots[None, :])
+        self._hist_items[index] = chosen
+        self._hist_feedback[index] = torch.stack(
+            [torch.ones_like(chosen, dtype=torch.float32), self.item_space.duration[chosen],
+             torch.ones_like(chosen, dtype=torch.float32)], dim=-1)
+        if self._hist_rows is not None:
+            self._hist_rows[index] = chosen
 
     # ------------------------------------------------------------------ step
     def step(self, slate_positions: torch.Tensor) -> StepOutcome:

@@ -2,6 +2,9 @@
 
 The embedding cache goes to one temporary folder per test session, so a test run
 never reads a cache a developer's earlier run left behind, and everything is offline.
+Under pytest-xdist (`make test` runs ``-n auto``) the workers share the controller's
+folder (they inherit its environment), so each catalog is encoded once per session; the
+cache's file lock keeps concurrent writers apart.
 """
 
 from __future__ import annotations
@@ -13,7 +16,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-_SESSION_CACHE = tempfile.mkdtemp(prefix="recsim_mm_test_cache_")
+if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("RECSIM_MM_TEST_SESSION_CACHE"):
+    _SESSION_CACHE = os.environ["RECSIM_MM_TEST_SESSION_CACHE"]  # an xdist worker: the controller's folder
+else:
+    _SESSION_CACHE = tempfile.mkdtemp(prefix="recsim_mm_test_cache_")
+    os.environ["RECSIM_MM_TEST_SESSION_CACHE"] = _SESSION_CACHE
 os.environ["RECSIM_MM_CACHE"] = _SESSION_CACHE
 
 import pytest  # noqa: E402

@@ -404,3 +404,60 @@ def test_stay_policy_keeps_creators_in_place(space):
     history = run_episode(env, {a: StayPolicy(env.map_dim) for a in env.possible_agents}, seed=0)
     positions = history.array("positions")
     assert (positions == positions[0]).all()
+
+
+# -- the ecosystem experiments through experiments/run.py ---------------------------------------------
+
+#: Tiny ecosystem runs: the same synthetic catalog as tests/test_experiments.py's TINY.
+ECO_TINY = ["progress=false", "seeds=[0,1]", "catalog.num_items=300", "encoders.d_text=16",
+            "encoders.d_image=16", "ecosystem.episode=20", "ecosystem.eval_episodes=3", "threads=1"]
+
+
+def _metrics(run_dir):
+    import csv
+
+    with open(run_dir / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    return {(r["strategy"], int(r["seed"]), r["metric"]): float(r["value"]) for r in rows}
+
+
+@pytest.mark.slow
+def test_platforms_preset_writes_the_results_folder_and_the_oracle_wins_the_users(tmp_path):
+    from experiments.run import main
+
+    previous = torch.get_num_threads()
+    try:
+        run_dir = main(["preset=platforms", *ECO_TINY, "ecosystem.users=4", "ecosystem.steps=200",
+                        f"results_dir={tmp_path}"])
+    finally:
+        torch.set_num_threads(previous)
+    metrics = _metrics(run_dir)
+    assert {k[0] for k in metrics} == {"random", "oracle", "ppo", "ppo_shared"}
+    for seed in (0, 1):  # reading true affinities wins engagement from a random competitor
+        assert metrics[("oracle", seed, "engagement_share")] > metrics[("random", seed, "engagement_share")] + 0.2
+    summary = (run_dir / "summary.md").read_text()
+    assert "## Paired with `random` (same evaluation episodes per seed)" in summary
+    assert "| oracle | engagement_share |" in summary
+    for name in ("plots/platforms.png", "plots/metrics.png", "checkpoints/ppo-seed0.zip",
+                 "checkpoints/ppo_shared-seed1.zip", "config.yaml", "item_space.pt", "stages.json"):
+        assert (run_dir / name).stat().st_size > 0, name
+    assert list((run_dir / "tensorboard" / "ppo-seed0").rglob("events.out.tfevents.*"))
+
+
+@pytest.mark.slow
+def test_creators_preset_compares_fixed_and_learning_creators_on_the_same_episodes(tmp_path):
+    from experiments.run import main
+
+    previous = torch.get_num_threads()
+    try:
+        run_dir = main(["preset=creators", *ECO_TINY, "seeds=[0]", "ecosystem.creators=3", "ecosystem.users=16",
+                        "ecosystem.steps=512", f"results_dir={tmp_path}"])
+    finally:
+        torch.set_num_threads(previous)
+    metrics = _metrics(run_dir)
+    assert {k[0] for k in metrics} == {"fixed", "ppo"}
+    # fixed creators never move: their spread is the same at the start and the end
+    assert metrics[("fixed", 0, "spread")] == pytest.approx(metrics[("fixed", 0, "spread_last10")])
+    assert 0 <= metrics[("ppo", 0, "exposure_gini")] <= 1
+    assert (run_dir / "plots" / "creators.png").stat().st_size > 0
+    assert (run_dir / "checkpoints" / "ppo-seed0.zip").stat().st_size > 0

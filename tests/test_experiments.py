@@ -333,10 +333,15 @@ def assert_nothing_trained(results: Path) -> None:
     ("env.id=recsim_mm/Nope-v0", r"config key 'env.id': unknown environment 'recsim_mm/Nope-v0'"),
     ("preset=tiny", r"unknown preset 'tiny'"),
     ("eval.seed_offset=1", r"config key 'eval.seed_offset' = 1: held-out seed 1 falls in the training seeds"),
+    ("experiment=market", r"config key 'experiment' = 'market' is invalid; expected one of \['recommendation', 'platforms'"),
+    ("experiment=creators ecosystem.strategies=[fixed,oracle]", r"config key 'ecosystem.strategies'.*"
+     r"distinct names from \['fixed', 'ppo'\] \(experiment=creators\)"),
+    ("experiment=creators ecosystem.creator_reward=clicks", r"config key 'ecosystem.creator_reward'"),
+    ("experiment=platforms user_params={patience:-1}", r"config key 'user_model/user_params' \(experiment=platforms\)"),
 ])
 def test_bad_input_stops_before_training_naming_the_key(earlier_results, override, message):
     with pytest.raises(ConfigError, match=message):
-        main([*TINY, override, f"results_dir={earlier_results}"])
+        main([*TINY, *override.split(" "), f"results_dir={earlier_results}"])
     assert_nothing_trained(earlier_results)
 
 

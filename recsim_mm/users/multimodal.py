@@ -247,7 +247,11 @@ class MultimodalUser(UserModel):
         num_users: ``B``.
         device: where state lives.
         **params: fields of `MultimodalUserConfig` overriding the class's
-            ``default_config`` (unknown names raise `ValueError`).
+            ``default_config`` (unknown names raise `ValueError`), and
+            ``population``: a fitted `recsim_mm.real_data.calibration.UserPopulation`
+            or its file; users are then drawn from it instead of the topic mixtures,
+            and its fitted parameters override ``default_config`` (parameters given
+            here still win). docs/real_data.md.
 
     State (leading dim ``B``): ``interest`` ``(B, d)`` float32 = [text interest |
     image interest], each part unit-norm; ``modality_weight`` ``(B,)``;
@@ -271,6 +275,15 @@ class MultimodalUser(UserModel):
         **params: Any,
     ) -> None:
         super().__init__(item_space, num_users, device)
+        population = params.pop("population", None)
+        self.population = None
+        if population is not None:
+            # A fitted population (recsim_mm.real_data.calibration) draws the users and
+            # brings its fitted parameters; parameters given here still win.
+            from recsim_mm.real_data.calibration import UserPopulation
+
+            self.population = UserPopulation.resolve(population, self.item_space)
+            params = {**self.population.params, **params}
         self.config = MultimodalUserConfig.build(self.default_config, params)
         cfg, space, dev = self.config, self.item_space, self.device
         self.choice = make_choice_model(cfg.choice_model, cfg.choice_temperature, cfg.no_click_utility)
@@ -319,6 +332,25 @@ class MultimodalUser(UserModel):
         r = rows.numel()
         if r == 0:
             return
+        if self.population is not None:
+            interest, modality_weight = self.population.draw(r, generator, dev)
+        else:
+            interest, modality_weight = self._draw_from_topics(r, generator)
+        # index_copy_ / index_fill_: one kernel each (indexed assignment dispatches far more).
+        self.interest.index_copy_(0, rows, interest)
+        self.modality_weight.index_copy_(0, rows, modality_weight)
+        column_weight = self._column_weights(rows)
+        self._column_weight.index_copy_(0, rows, column_weight)
+        self._weighted.index_copy_(0, rows, interest * column_weight)
+        self.satiation.index_fill_(0, rows, 0)
+        spread = 2 * torch.rand(r, generator=generator, device=dev) - 1
+        self.budget.index_copy_(0, rows, cfg.time_budget * (1 + cfg.time_budget_spread * spread))
+        self.disappointments.index_fill_(0, rows, 0)
+        self.left.index_fill_(0, rows, False)
+
+    def _draw_from_topics(self, r: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``r`` users from the hand-set topic mixtures: ``(interest (r, d), modality weight (r,))``."""
+        cfg, dev = self.config, self.device
         if self._centres_text is not None:
             centres_text, centres_image = self._centres_text, self._centres_image
         else:
@@ -337,19 +369,9 @@ class MultimodalUser(UserModel):
             v = v + cfg.interest_noise * noise / math.sqrt(width)
             return torch.nn.functional.normalize(v, dim=-1)
 
-        # index_copy_ / index_fill_: one kernel each (indexed assignment dispatches far more).
         interest = torch.cat([part(centres_text), part(centres_image)], dim=1)
-        self.interest.index_copy_(0, rows, interest)
         a, b = cfg.modality_beta
-        self.modality_weight.index_copy_(0, rows, sample_beta(a, b, r, generator, dev))
-        column_weight = self._column_weights(rows)
-        self._column_weight.index_copy_(0, rows, column_weight)
-        self._weighted.index_copy_(0, rows, interest * column_weight)
-        self.satiation.index_fill_(0, rows, 0)
-        spread = 2 * torch.rand(r, generator=generator, device=dev) - 1
-        self.budget.index_copy_(0, rows, cfg.time_budget * (1 + cfg.time_budget_spread * spread))
-        self.disappointments.index_fill_(0, rows, 0)
-        self.left.index_fill_(0, rows, False)
+        return interest, sample_beta(a, b, r, generator, dev)
 
     def _column_weights(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """``(R, d)``: ``a`` on the text columns, ``1 - a`` on the image columns."""
