@@ -36,6 +36,7 @@ from typing import Any
 import yaml
 
 from agents.references import REFERENCE_NAMES
+from agents.rllib_backend import RLlibConfig, unsupported_agent_settings
 from agents.train import AgentConfig
 from envs.ecosystems.creators import CREATOR_REWARDS
 from recsim_mm.ranker import TrainConfig
@@ -55,7 +56,10 @@ RL_AGENTS = ("ppo", "dqn", "slateq")
 #: RL agents for one recommendation per step / for slates (PPO acts on both).
 SINGLE_ITEM_RL = ("ppo", "dqn")
 SLATE_RL = ("ppo", "slateq")
-KNOWN_AGENTS = (*BASELINE_AGENTS, *RANKER_AGENTS, *REFERENCE_AGENTS, *RL_AGENTS)
+#: RL agents trained by RLlib (`agents.rllib_backend`), and the section of hyperparameters
+#: each shares with its SB3 twin: ``rllib_ppo`` is PPO from the ``ppo`` section, on RLlib.
+RLLIB_AGENTS = {"rllib_ppo": "ppo"}
+KNOWN_AGENTS = (*BASELINE_AGENTS, *RANKER_AGENTS, *REFERENCE_AGENTS, *RL_AGENTS, *RLLIB_AGENTS)
 #: The default experiment's environments (`make run`): the long-term-effects suite.
 SUITE = ("recsim_mm/InterestEvolution-v0", "recsim_mm/Satiation-v0", "recsim_mm/Myopic-v0")
 LOGGING_POLICIES = ("production", "uniform", "popularity")
@@ -249,6 +253,12 @@ SlateQSection = library_view(
     ``cold_start`` and ``reward``.""",
     extra=AGENT_EXTRA)
 
+RLlibSection = library_view(
+    "RLlibSection", RLlibConfig, [f.name for f in dataclasses.fields(RLlibConfig)],
+    """The RLlib backend of agent ``rllib_ppo`` (`agents.rllib_backend.RLlibConfig`: env runners,
+    learners, further PPOConfig settings); its PPO hyperparameters are the ``ppo`` section's
+    and its Ray cluster is ``ray.address`` / ``ray.num_cpus`` (docs/scaling.md).""")
+
 
 @dataclass
 class EvalConfig:
@@ -402,6 +412,7 @@ class ExperimentConfig:
     ppo: PPOSection = field(default_factory=PPOSection)
     dqn: DQNSection = field(default_factory=DQNSection)
     slateq: SlateQSection = field(default_factory=SlateQSection)
+    rllib: RLlibSection = field(default_factory=RLlibSection)
     eval: EvalConfig = field(default_factory=EvalConfig)
     experiment: str = "recommendation"
     ecosystem: EcosystemSection = field(default_factory=EcosystemSection)
@@ -638,6 +649,11 @@ def ranker_train_config(config: ExperimentConfig, seed: int, device: str) -> Tra
     return TrainConfig(seed=seed, device=device, **section)
 
 
+def rllib_config(config: ExperimentConfig) -> RLlibConfig:
+    """`agents.rllib_backend.RLlibConfig` of the ``rllib`` section."""
+    return RLlibConfig(**dataclasses.asdict(config.rllib))
+
+
 def agent_config(config: ExperimentConfig, algo: str, seed: int, device: str) -> AgentConfig:
     """`agents.train.AgentConfig` of one RL run from the ``ppo`` / ``dqn`` section."""
     section = {k: v for k, v in dataclasses.asdict(getattr(config, algo)).items()
@@ -645,7 +661,7 @@ def agent_config(config: ExperimentConfig, algo: str, seed: int, device: str) ->
     return AgentConfig(algo=algo, seed=seed, device=device, scorer=dataclasses.asdict(config.scorer), **section)
 
 
-_LIBRARY_FIELD = re.compile(r"\b(?:ScorerConfig|TrainConfig|AgentConfig)\.(\w+)")
+_LIBRARY_FIELD = re.compile(r"\b(?:ScorerConfig|TrainConfig|AgentConfig|RLlibConfig)\.(\w+)")
 
 
 def _library_checked(section: str, build: typing.Callable[[], Any]) -> Any:
@@ -751,6 +767,16 @@ def validate(config: ExperimentConfig) -> None:
             _require(section.warm_start or section.cold_start, f"{algo}.warm_start", section.warm_start,
                      f"true, or {algo}.cold_start=true: agent {algo!r} is listed in 'agents'")
         _library_checked(algo, lambda algo=algo: agent_config(c, algo, 0, "cpu"))
+    _library_checked("rllib", lambda: rllib_config(c))
+    for name, section in RLLIB_AGENTS.items():
+        if name in c.agents:
+            _require(getattr(c, section).warm_start or getattr(c, section).cold_start, f"{section}.warm_start",
+                     getattr(c, section).warm_start, f"true, or {section}.cold_start=true: agent {name!r} is listed")
+            _require(getattr(c, section).reward == "simulator", f"{section}.reward", getattr(c, section).reward,
+                     f"'simulator' with agent {name!r} (the RLlib backend trains on the simulator's reward)")
+            for problem in unsupported_agent_settings(agent_config(c, section, 0, "cpu")):
+                field_name = problem.split("=", 1)[0]
+                raise ConfigError(f"config key '{section}.{field_name}' with agent {name!r}: {problem}")
     _require(not (c.ppo.kl_coef and c.ppo.cold_start), "ppo.kl_coef", c.ppo.kl_coef,
              "0 with ppo.cold_start=true (the KL prior is the warm start's ranker; a cold run has none)")
 

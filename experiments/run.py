@@ -72,6 +72,7 @@ from agents.baselines import (  # noqa: E402
 from agents.callbacks import LearningCurveCallback, ProgressCallback  # noqa: E402
 from agents.evaluation import evaluate_recommender  # noqa: E402
 from agents.references import MyopicOracle, PlanningReference, tune_planning_horizon  # noqa: E402
+from agents.rllib_backend import RLlibConfig, check_settings, require_rllib, train_rllib_agent  # noqa: E402
 from agents.slateq import check_choice_model  # noqa: E402
 from agents.tracing import trace_hidden_state  # noqa: E402
 from agents.train import (  # noqa: E402
@@ -89,6 +90,7 @@ from experiments.config import (  # noqa: E402
     RANKER_AGENTS,
     REFERENCE_AGENTS,
     RL_AGENTS,
+    RLLIB_AGENTS,
     SINGLE_ITEM_RL,
     SLATE_RL,
     ConfigError,
@@ -98,10 +100,11 @@ from experiments.config import (  # noqa: E402
     help_text,
     load_config,
     ranker_train_config,
+    rllib_config,
     scorer_config,
     to_yaml,
 )
-from experiments.executor import LocalExecutor, make_executor, run_unit  # noqa: E402
+from experiments.executor import LocalExecutor, check_reachable, make_executor, run_unit  # noqa: E402
 from recsim_mm.catalog import Catalog, CatalogError, file_sha256, load_catalog  # noqa: E402
 from recsim_mm.device import default_torch_threads, resolve_device  # noqa: E402
 from recsim_mm.encoders import ImageEncoder, TextEncoder  # noqa: E402
@@ -362,6 +365,10 @@ def rl_runs(config: ExperimentConfig) -> list[tuple[str, str]]:
             section = getattr(config, algo)
             runs += [(algo, start) for start, on in (("warm", section.warm_start),
                                                        ("cold", section.cold_start)) if on]
+    for name, section_name in RLLIB_AGENTS.items():  # the same section's starts, trained by RLlib
+        if name in config.agents:
+            section = getattr(config, section_name)
+            runs += [(name, start) for start, on in (("warm", section.warm_start), ("cold", section.cold_start)) if on]
     return runs
 
 
@@ -470,6 +477,17 @@ def check_inputs(config: ExperimentConfig) -> dict[str, Any]:
         if value > num_items - 1:
             raise ConfigError(f"config key 'encoders.{key}' = {value}: the catalog has {num_items} items, "
                               f"so at most {num_items - 1} dimensions")
+    if any(name in RLLIB_AGENTS for name in config.agents):
+        try:
+            require_rllib()
+        except ImportError as exc:
+            raise ConfigError(f"config key 'agents': {exc}") from None
+        try:
+            check_settings(rllib_config(config))
+        except ValueError as exc:
+            raise ConfigError(f"config key 'rllib.settings': {exc}") from None
+        if config.ray.address not in (None, "auto"):  # rllib_ppo connects there, even with executor=local
+            check_reachable(config.ray.address)
     if config.env.new_items:
         setups = hold_back_new_items(config, setups, num_items)
     check_held_out_seeds(config)
@@ -622,6 +640,18 @@ def train_agent_unit(folder: Path, agent: AgentConfig, env: EnvSetup, item_space
     outcome = train_agent(agent, env.id, options, item_space, folder, ranker=ranker, callbacks=callbacks,
                           bc_log=bc_log if agent.bc_epochs else None)
     return {"num_timesteps": outcome.num_timesteps, "resumed_from": outcome.resumed_from}
+
+
+def train_rllib_agent_unit(folder: Path, agent: AgentConfig, rllib: RLlibConfig, env: EnvSetup,
+                           item_space: ItemSpace, ranker: Ranker | None = None, address: str | None = None,
+                           num_cpus: int | None = None) -> dict:
+    """`train_agent_unit` on the RLlib backend (`agents.rllib_backend.train_rllib_agent`): the
+    same ``checkpoint.pt`` and ``tensorboard/`` in ``folder``; Ray at ``address`` (None: a local
+    instance of ``num_cpus`` CPUs), or the connection of the Ray task running this unit."""
+    outcome = train_rllib_agent(agent, rllib, env.id, env.options, item_space, folder, ranker=ranker,
+                                address=address, num_cpus=num_cpus)
+    return {"num_timesteps": outcome.num_timesteps, "resumed_from": outcome.resumed_from,
+            "env_steps_per_second": round(outcome.env_steps_per_second, 1)}
 
 
 @dataclass
@@ -901,17 +931,19 @@ def agents_stage(runner: StageRunner, config: ExperimentConfig, env: EnvSetup, i
     runs: dict[tuple[str, int], AgentRun] = {}
     curves = bool(config.eval.curve_users and config.eval.curve_every)
     for algo, start in rl_runs(config):
-        section = getattr(config, algo)
+        section = getattr(config, RLLIB_AGENTS.get(algo, algo))
+        # an RLlib run trains the same AgentConfig: its own settings keep its stage apart
+        backend = {"rllib": dataclasses.asdict(config.rllib)} if algo in RLLIB_AGENTS else {}
         for seed in config.seeds:
             uses_ranker = start == "warm" or section.reward == "ranker"
-            agent = agent_config(config, algo, seed, str(device))
+            agent = agent_config(config, RLLIB_AGENTS.get(algo, algo), seed, str(device))
             runs[(f"{algo}-{start}", seed)] = AgentRun(runner.stage(
                 "agent", ("recsim_mm", "envs", "agents"), items=items.key, env=env.key,
                 agent=dataclasses.asdict(agent), start=start, reward=section.reward,
                 ranker=rankers.stages[("fused", seed)].key if uses_ranker else None,
                 logs=logs.stage.key if agent.bc_epochs else None,
                 curve=[config.eval.curve_users, config.eval.curve_every, config.eval.curve_seed_offset + seed],
-                device=device.type), agent)
+                device=device.type, **backend), agent)
     todo = {k: r for k, r in runs.items() if not r.stage.done}
     total = sum(r.config.total_steps for r in todo.values())
     runner.progress.stage(4, "RL agents", f"{len(runs)} runs ({', '.join(f'{a}-{s}' for a, s in rl_runs(config)) or 'none'} "
@@ -919,8 +951,10 @@ def agents_stage(runner: StageRunner, config: ExperimentConfig, env: EnvSetup, i
     bar = runner.progress.bar(total, "agents", "step")
     pending = []
     for (name, seed), run in runs.items():
-        def done(info: dict, name=name, seed=seed, run=run) -> None:
-            if not runner.inline:  # a local run's bar counts every step (ProgressCallback)
+        rllib = name.rsplit("-", 1)[0] in RLLIB_AGENTS
+
+        def done(info: dict, name=name, seed=seed, run=run, rllib=rllib) -> None:
+            if not runner.inline or rllib:  # a local SB3 run's bar counts every step (ProgressCallback)
                 bar.set_description(f"agents: {name} seed {seed} done")
                 bar.update(run.config.total_steps)
             if info["resumed_from"] is not None:
@@ -931,13 +965,19 @@ def agents_stage(runner: StageRunner, config: ExperimentConfig, env: EnvSetup, i
             bar.set_description(f"agents: {name} seed {seed}")
         curve = CurveSpec(config.eval.curve_users, config.eval.curve_every,
                           config.eval.curve_seed_offset + seed) if curves else None
-        unit = partial(
-            train_agent_unit, agent=run.config, env=env, item_space=item_space,
-            ranker=rankers.fused[seed] if name.endswith("-warm") else None,
-            reward_ranker=rankers.fused[seed] if getattr(config, run.config.algo).reward == "ranker" else None,
-            curve=curve, callbacks=(ProgressCallback(bar),) if runner.inline else (),
-            bc_log=logs.train if run.config.bc_epochs else None)
-        pending.append(runner.submit(run.stage, unit, resumable=True, keep=("num_timesteps",), on_done=done,
+        ranker = rankers.fused[seed] if name.endswith("-warm") else None
+        if rllib:  # no learning curve: RLlib's rollouts report episode returns to TensorBoard
+            unit = partial(train_rllib_agent_unit, agent=run.config, rllib=rllib_config(config), env=env,
+                           item_space=item_space, ranker=ranker, address=config.ray.address,
+                           num_cpus=config.ray.num_cpus)
+        else:
+            unit = partial(
+                train_agent_unit, agent=run.config, env=env, item_space=item_space, ranker=ranker,
+                reward_ranker=rankers.fused[seed] if getattr(config, run.config.algo).reward == "ranker" else None,
+                curve=curve, callbacks=(ProgressCallback(bar),) if runner.inline else (),
+                bc_log=logs.train if run.config.bc_epochs else None)
+        keep = ("num_timesteps", "env_steps_per_second") if rllib else ("num_timesteps",)
+        pending.append(runner.submit(run.stage, unit, resumable=True, keep=keep, on_done=done,
                                      strategy=name, seed=seed))
 
     def wait() -> None:

@@ -595,6 +595,8 @@ class Scorer(nn.Module):
         if history_part:
             weights.append(self.user_encoder._item_weight())
             widths.append(self.user_encoder.item_part_dim)
+        if not weights:  # the user state alone (`encode_user` from item vectors): no per-item term
+            return (z,)
         projected = z @ torch.cat(weights).T
         return (z, *projected.split(widths, dim=-1))
 

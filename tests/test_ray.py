@@ -235,6 +235,35 @@ def test_a_sweep_over_a_user_model_parameter_writes_the_table_and_plot_and_resum
 # -- bad input: before training --------------------------------------------------------------
 
 
+@pytest.mark.slow
+def test_rllib_ppo_trains_on_slates_with_an_env_runner_on_each_node_of_the_cluster(cluster, tmp_path):
+    """The RLlib backend (agent rllib_ppo) on the cluster: one env runner per node, each
+    stepping its own batched environment, here of slates (Plackett-Luce) in ``embeddings``
+    mode; the run writes its checkpoint (tests/test_rllib.py shows it learning on a local
+    instance, one item per step in ``ids`` mode)."""
+    pytest.importorskip("ray.rllib")
+    from agents.rllib_backend import RLlibConfig, train_rllib_agent
+    from agents.train import AgentConfig
+    from recsim_mm.item_space import ItemSpace
+
+    nodes = {}
+
+    def where(algo) -> None:
+        import ray
+
+        ids = algo.env_runner_group.foreach_env_runner(lambda runner: ray.get_runtime_context().get_node_id(),
+                                                       local_env_runner=False)
+        nodes["runners"] = ids
+
+    agent = AgentConfig(total_steps=512, num_envs=16, n_steps=16, batch_size=256, device="cpu",
+                        scorer={"hidden_dim": 16, "num_heads": 2})
+    outcome = train_rllib_agent(agent, RLlibConfig(num_env_runners=2), "recsim_mm/SatiationSlate-v0",
+                                {"num_candidates": 10, "obs_mode": "embeddings", "max_steps": 20},
+                                ItemSpace.random(50, 8, 8), tmp_path, address=cluster, on_start=where)
+    assert len(nodes["runners"]) == 2 and len(set(nodes["runners"])) == 2  # one env runner on each node
+    assert outcome.num_timesteps >= 512 and outcome.checkpoint.is_file()  # one iteration: 2 x 16 x 16 steps
+
+
 def test_an_unreachable_ray_address_stops_before_training(tmp_path):
     with pytest.raises(ConfigError, match=r"config key 'ray.address' = '127.0.0.1:9': no Ray cluster reachable"):
         main([*TINY, "executor=ray", "ray.address=127.0.0.1:9", f"results_dir={tmp_path}"])

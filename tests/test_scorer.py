@@ -67,6 +67,8 @@ def test_ids_mode_and_embeddings_mode_give_the_same_scores(encoder, fusion):
     with torch.no_grad():
         torch.testing.assert_close(scorer(obs), scorer(as_embeddings(obs)), rtol=0, atol=1e-6)
         assert scorer.encode_user(obs).shape == (4, 16)
+        # the critics' input (PPO's values): from item vectors too (it once raised on an empty torch.cat)
+        torch.testing.assert_close(scorer.encode_user(as_embeddings(obs)), scorer.encode_user(obs), rtol=0, atol=1e-6)
 
 
 def test_state_dict_excludes_item_table_and_moves_between_modes():
