@@ -237,8 +237,7 @@ class UserEncoder(nn.Module):
 
     Each past step's token is ``token([item, clicked, log1p(minutes)]) + recency``.
     The token layer is linear, so its item part is a per-item term: `item_part` maps
-    item-tower vectors to it (for the attention encoder already through the key and
-    value projections, ``W_kv W_item``), and `encode` adds the per-step feedback and
+    item-tower vectors to it (``W_item z``), and `encode` adds the per-step feedback and
     recency terms. In ``ids`` mode the scorer computes `item_part` once per catalog
     item instead of once per (user, past step); `forward` is the two steps in one.
     """
@@ -271,10 +270,8 @@ class UserEncoder(nn.Module):
 
     @property
     def item_part_dim(self) -> int:
-        """Width of `item_part`: ``h + num_heads * num_queries`` for attention (the token
-        and its attention logits), ``h`` for the GRU."""
-        c = self.config
-        return c.hidden_dim + (c.num_heads * c.num_queries if c.user_encoder == "attention" else 0)
+        """Width of `item_part`: ``h``."""
+        return self.config.hidden_dim
 
     def _logit_map(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The attention logits as a linear map of a token: ``(h, heads * Q)`` and ``(heads * Q,)``.
@@ -295,10 +292,7 @@ class UserEncoder(nn.Module):
 
     def _item_weight(self) -> torch.Tensor:
         """``(item_part_dim, h)``: the map from an item-tower vector to its item part."""
-        w_item = self.token.weight[:, : self.config.hidden_dim]
-        if self.config.user_encoder == "attention":
-            return torch.cat([w_item, self._logit_map()[0].T @ w_item])
-        return w_item
+        return self.token.weight[:, : self.config.hidden_dim]
 
     def item_part(self, items: torch.Tensor) -> torch.Tensor:
         """Per-item term of the history tokens: ``(..., h)`` tower vectors -> ``(..., item_part_dim)``."""
@@ -356,12 +350,9 @@ class UserEncoder(nn.Module):
             # A padded step's weight is 0, so its token needs no masking.
             heads, head_dim = c.num_heads, h // c.num_heads
             logit_map, logit_bias = self._logit_map()
-            w_feedback = torch.cat([w_feedback, w_feedback @ logit_map], dim=1)  # (2, h + heads * Q)
-            position = torch.cat([position, position @ logit_map], dim=1)
-            tokens = torch.addmm(
-                (item_part + position).reshape(-1, w_feedback.shape[1]), feedback.reshape(-1, 2), w_feedback
-            ).reshape(batch, length, -1)
-            x, logits = tokens[..., :h], tokens[..., h:]  # (B, H, h), (B, H, heads * Q)
+            x = torch.addmm((item_part + position).reshape(-1, h), feedback.reshape(-1, 2), w_feedback)
+            logits = (x @ logit_map).reshape(batch, length, -1)  # (B, H, heads * Q)
+            x = x.reshape(batch, length, h)  # the tokens
             empty = self.empty_token.reshape(1, h)
             empty_logits = (empty @ logit_map).expand(batch, 1, -1)
             logits = torch.cat([empty_logits, logits], dim=1) + logit_bias  # (B, 1 + H, heads * Q)
@@ -431,19 +422,19 @@ class HistoryMatch(nn.Module):
         self.register_buffer("reference_columns", torch.argsort(self.pooled_columns), persistent=False)
 
     def cosines(self, candidates: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        """Cosine of each candidate to each past item, per part: ``(B, K, P, H)`` float32
+        """Cosine of each past item to each candidate, per part: ``(B, H, K, P)`` float32
         (``P`` modality parts; arguments as in `forward`)."""
         return torch.stack(
-            [torch.einsum("bkd,bhd->bkh", candidates[..., a:b], history[..., a:b]) for a, b in self.parts], dim=2
+            [torch.einsum("bkd,bhd->bhk", candidates[..., a:b], history[..., a:b]) for a, b in self.parts], dim=-1
         )
 
     def pooled(self, cosines: torch.Tensor, feedback: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """`statistics` from the `cosines` ``(B, K, P, H)``, columns in `pooled_columns` order.
+        """`statistics` from the `cosines` ``(B, H, K, P)``, columns in `pooled_columns` order.
 
         Every statistic but the maxima and the counts is a weighted sum over past steps of
         the cosines, so all of them, for every part, are one batched product.
         """
-        batch, num_candidates, parts, length = cosines.shape
+        batch, length, num_candidates, parts = cosines.shape
         clicked = feedback[..., 0] * mask
         skipped = (1.0 - feedback[..., 0]) * mask
         engaged = torch.log1p(feedback[..., 1].clamp_min(0.0)) * mask
@@ -455,8 +446,8 @@ class HistoryMatch(nn.Module):
             # (B, 2D, H): for each rate, clicked then log1p(minutes), decayed by steps back
             decayed = (torch.stack([clicked, engaged], dim=1).unsqueeze(1) * recency[None, :, None, :]).flatten(1, 2)
             weights = torch.cat([weights, decayed], dim=1)  # (B, 3 + 2D, H)
-        linear = torch.bmm(cosines.reshape(batch, -1, length), weights.transpose(1, 2))  # (B, K * P, 3 + 2D)
-        best = cosines.masked_fill((clicked <= 0)[:, None, None, :], float("-inf")).amax(-1)  # (B, K, P)
+        linear = torch.bmm(cosines.reshape(batch, length, -1).transpose(1, 2), weights.transpose(1, 2))  # (B, K * P, 3 + 2D)
+        best = cosines.masked_fill((clicked <= 0)[:, :, None, None], float("-inf")).amax(1)  # (B, K, P)
         best = torch.where((clicked.sum(-1) > 0)[:, None, None], best, torch.zeros_like(best))
         counts = torch.log1p(torch.stack([clicked.sum(-1), skipped.sum(-1)], dim=-1))
         return torch.cat(
@@ -683,7 +674,7 @@ class Scorer(nn.Module):
         return tuple((t.data_ptr(), t._version) for t in tensors if t is not None)
 
     def _cosine_table(self) -> torch.Tensor | None:
-        """``(N, P, N)`` float32: the cosine between every two catalog items per modality
+        """``(N, N, P)`` float32: the cosine between every two catalog items per modality
         part of `HistoryMatch`, or None where it does not apply or would be large.
 
         In ``ids`` mode `HistoryMatch`'s cosines are then lookups instead of gathers and
@@ -702,12 +693,12 @@ class Scorer(nn.Module):
         cache = self.__dict__.get("_cosine_cache")
         if cache is None or cache[0] != key:
             with torch.no_grad():
-                cosines = torch.stack([table[:, a:b] @ table[:, a:b].T for a, b in parts], dim=1)
+                cosines = torch.stack([table[:, a:b] @ table[:, a:b].T for a, b in parts], dim=-1)
             cache = self._cosine_cache = (key, cosines)
         return cache[1]
 
     def _match_cosines(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """`HistoryMatch.cosines` of the observation, ``(B, K, P, H)``: looked up in
+        """`HistoryMatch.cosines` of the observation, ``(B, H, K, P)``: looked up in
         `_cosine_table` in ``ids`` mode where there is one, computed otherwise."""
         history, candidates = obs[HISTORY_ITEMS], obs[CANDIDATE_ITEMS]
         table = None
@@ -715,12 +706,11 @@ class Scorer(nn.Module):
             table = self._cosine_table()
         if table is None:
             return self.history_match.cosines(self._vectors(obs, CANDIDATE_ITEMS, 2), self._vectors(obs, HISTORY_ITEMS, 2))
-        n, parts = table.shape[0], table.shape[1]
+        n, parts = table.shape[0], table.shape[2]
         (batch, num_candidates), length = candidates.shape, history.shape[1]
-        # flat index of (candidate, part, past item) in the (N, P, N) table
-        past = history.long().unsqueeze(1) + torch.arange(0, parts * n, n, device=history.device).unsqueeze(-1)
-        flat = (candidates.long() * (parts * n)).reshape(batch, num_candidates, 1, 1) + past.unsqueeze(1)
-        return table.reshape(-1).index_select(0, flat.reshape(-1)).reshape(batch, num_candidates, parts, length)
+        # row of (past item, candidate) in the table as (N * N, P): both parts of a pair are adjacent
+        rows = (history.long() * n).unsqueeze(-1) + candidates.long().unsqueeze(1)  # (B, H, K)
+        return table.reshape(-1, parts).index_select(0, rows.reshape(-1)).reshape(batch, length, num_candidates, parts)
 
     def _gathered_terms(
         self, obs: dict[str, torch.Tensor], heads: int = 0
