@@ -176,10 +176,12 @@ def build_agent(
             d_text=item_space.d_text, d_image=item_space.d_image, **config.scorer
         ).to_dict()
     device = resolve_device(config.device)
-    # foreach: Adam's multi-tensor update, one op per step for all ~60 parameter tensors
-    # instead of a Python loop over them (SB3's default on CPU is the loop)
+    # fused: Adam's update as one kernel per parameter tensor (0.28 ms a step on CPU for
+    # the default scorer, vs 0.73 ms for the multi-tensor `foreach` update, which on
+    # CPU still runs ~7 ops per tensor, and 1.0 ms for SB3's default Python loop); the
+    # same update up to float rounding
     policy_kwargs = dict(scorer_config=scorer_config, item_table=item_space.fused.cpu(),
-                         optimizer_kwargs=dict(foreach=True))
+                         optimizer_kwargs=dict(fused=True))
     common = dict(
         learning_rate=config.learning_rate,
         gamma=config.gamma,

@@ -196,24 +196,65 @@ def test_split_heads_give_the_unsplit_gradients():
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
+def _encoder_as_first_written(encoder, history, feedback, mask, time_left):
+    """The attention user encoder as first written: token layer, recency, nn.MultiheadAttention."""
+    batch, length = mask.shape
+    tokens = encoder.token(torch.cat([history, feedback[..., :1], torch.log1p(feedback[..., 1:])], -1))
+    tokens = (tokens + encoder.recency(torch.arange(length - 1, -1, -1))) * mask.unsqueeze(-1)
+    keys = torch.cat([encoder.empty_token.expand(batch, 1, -1), tokens], dim=1)
+    ignore = torch.cat([torch.zeros(batch, 1, dtype=torch.bool), mask <= 0], dim=1)
+    queries = encoder.queries.unsqueeze(0).expand(batch, -1, -1)
+    pooled, _ = encoder.attention(queries, keys, keys, key_padding_mask=ignore, need_weights=False)
+    return encoder.norm(encoder.summary(torch.cat([pooled.reshape(batch, -1), torch.log1p(time_left)], dim=-1)))
+
+
 def test_attention_user_encoder_equals_multihead_attention_over_the_token_sequence():
-    scorer = make(seed=4)
-    encoder = scorer.user_encoder
-    obs = as_embeddings(ids_obs())
-    history = scorer.item_tower(obs["history_items"])
-    feedback, mask = obs["history_feedback"], obs["history_mask"]
-    with torch.no_grad():
-        # the encoder as first written: token layer, recency, nn.MultiheadAttention
-        tokens = encoder.token(torch.cat([history, feedback[..., :1], torch.log1p(feedback[..., 1:])], -1))
-        tokens = (tokens + encoder.recency(torch.arange(4, -1, -1))) * mask.unsqueeze(-1)
-        keys = torch.cat([encoder.empty_token.expand(4, 1, -1), tokens], dim=1)
-        ignore = torch.cat([torch.zeros(4, 1, dtype=torch.bool), mask <= 0], dim=1)
-        queries = encoder.queries.unsqueeze(0).expand(4, -1, -1)
-        pooled, _ = encoder.attention(queries, keys, keys, key_padding_mask=ignore, need_weights=False)
-        parts = [pooled.reshape(4, -1), torch.log1p(obs["time_left"])]
-        expected = encoder.norm(encoder.summary(torch.cat(parts, dim=-1)))
-        got = encoder(history, feedback, mask, obs["time_left"], None)
+    # values and gradients: the folded encoder (no keys, values projected after the
+    # softmax) is the same function of the same parameters
+    folded, reference = make(seed=4), make(seed=4)
+    obs = as_embeddings(ids_obs(batch=6))
+    args = obs["history_feedback"], obs["history_mask"]
+    got = folded.user_encoder(folded.item_tower(obs["history_items"]), *args, obs["time_left"], None)
+    expected = _encoder_as_first_written(
+        reference.user_encoder, reference.item_tower(obs["history_items"]), *args, obs["time_left"]
+    )
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    weights = torch.randn_like(got)
+    (got * weights).sum().backward()
+    (expected * weights).sum().backward()
+    for (name, a), (_, b) in zip(folded.named_parameters(), reference.named_parameters(), strict=True):
+        if b.grad is not None:
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_history_statistics_equal_the_per_part_formulas():
+    # the statistics as first written (a loop over parts, decayed profile vectors),
+    # against `statistics` (all parts' cosine poolings in one product), on random input
+    match = Scorer(ScorerConfig(d_text=8, d_image=6, hidden_dim=16)).history_match
+    obs = as_embeddings(ids_obs(batch=8))
+    candidates, history = obs["candidate_items"], obs["history_items"]
+    feedback, mask = obs["history_feedback"], obs["history_mask"]
+    clicked, skipped = feedback[..., 0] * mask, (1 - feedback[..., 0]) * mask
+    engaged = torch.log1p(feedback[..., 1]) * mask
+    weights = torch.stack([clicked, skipped, engaged], 1)
+    weights = weights / weights.sum(-1, keepdim=True).clamp_min(1e-6)
+    recency = match.decays.unsqueeze(-1) ** torch.arange(4, -1, -1.0)
+    decayed = (torch.stack([clicked, engaged], 1).unsqueeze(1) * recency[None, :, None, :]).flatten(1, 2)
+    expected = []
+    for start, end in match.parts:
+        cand, past = candidates[..., start:end], history[..., start:end]
+        cosine = torch.einsum("bkd,bhd->bkh", cand, past)
+        expected.append(torch.einsum("bkh,bwh->bkw", cosine, weights))
+        best = cosine.masked_fill((clicked <= 0).unsqueeze(1), float("-inf")).amax(-1)
+        expected.append(torch.where(clicked.sum(-1, keepdim=True) > 0, best, torch.zeros_like(best)).unsqueeze(-1))
+        expected.append(torch.bmm(cand, torch.bmm(decayed, past).transpose(1, 2)))
+    counts = torch.log1p(torch.stack([clicked.sum(-1), skipped.sum(-1)], -1))
+    expected.append(counts.unsqueeze(1).expand(-1, candidates.shape[1], -1))
+    expected = torch.cat(expected, -1)
+    torch.testing.assert_close(match.statistics(candidates, history, feedback, mask), expected, rtol=1e-5, atol=1e-6)
+    # the fast path's column order with the first layer's columns reordered: same hidden layer
+    pooled = match.pooled(match.cosines(candidates, history), feedback, mask)
+    torch.testing.assert_close(match.hidden_from_pooled(pooled), match.hidden(expected), rtol=1e-5, atol=1e-5)
 
 
 def test_cached_catalog_terms_equal_recomputed_and_refresh_after_an_optimizer_step():
