@@ -59,8 +59,6 @@ from recsim_mm.item_space import ItemSpace
 from recsim_mm.scorer import ScorerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-#: The name the env creator is registered under in Ray Tune's registry.
-RLLIB_ENV_NAME = "recsim_mm_vector_env"
 #: The RLlib module id of the single policy.
 MODULE_ID = "default_policy"
 
@@ -206,7 +204,7 @@ def check_run(agent: AgentConfig, rllib: RLlibConfig) -> None:
 
 
 def make_rllib_env(env_config: dict) -> gym.Env:
-    """The env creator RLlib calls on each env runner (registered as `RLLIB_ENV_NAME`).
+    """The environment of an env runner (RLlib calls it through `RLlibEnv`).
 
     ``env_config``: ``{"env_id", "options" (RecEnvOptions, with the item space),
     "threads"}``, plus ``"num_envs"`` when RLlib vectorises (``vector_entry_point``
@@ -225,6 +223,20 @@ def make_rllib_env(env_config: dict) -> gym.Env:
     if "num_envs" in env_config:
         return RecVectorEnv(int(env_config["num_envs"]), info_keys=[], **options)
     return RecEnv(**options)
+
+
+class RLlibEnv:
+    """What ``config.environment(env=RLlibEnv)`` names: RLlib builds the environment of each
+    env runner as ``RLlibEnv(env_config)``, which returns `make_rllib_env`'s environment.
+
+    A class, not a name in Ray Tune's registry: that registry keys its entries by the
+    first job id it saw in the process, so after an earlier ``ray.init``/``shutdown`` (a
+    sweep, an ``executor=ray`` run) the env runners of a new job could not find the name
+    (seen on the test cluster). RLlib takes a class (not a plain function) and calls it.
+    """
+
+    def __new__(cls, env_config: dict) -> gym.Env:  # type: ignore[misc]
+        return make_rllib_env(env_config)
 
 
 # -- the algorithm -----------------------------------------------------------------------------
@@ -279,14 +291,11 @@ def build_rllib_ppo(agent: AgentConfig, rllib: RLlibConfig, env_id: str, env_opt
     """
     check_run(agent, rllib)
     from ray.rllib.algorithms.ppo import PPOConfig
-    from ray.tune.registry import register_env
-
     module_spec = scorer_module_spec(agent, item_space, ranker)
-    register_env(RLLIB_ENV_NAME, make_rllib_env)
     options = {**env_options, "item_space": item_space, "device": "cpu"}
     config = (
         PPOConfig()
-        .environment(env=RLLIB_ENV_NAME, env_config={
+        .environment(env=RLlibEnv, env_config={
             "env_id": env_id, "options": options,
             "threads": rllib.num_cpus_per_env_runner if rllib.num_env_runners else None})
         .env_runners(num_env_runners=rllib.num_env_runners, num_envs_per_env_runner=agent.num_envs,
