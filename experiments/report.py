@@ -250,6 +250,8 @@ class EnvResults:
             ``mmr-seed<s>``: diversity).
         explanations: the greedy ranker's explanations and their modality check (see
             `experiments.run.ranker_explanations`), or None.
+        by_step: ``{strategy: {seed: [[clicks, users], ...]}}`` per session step (1, 2,
+            ...) on the held-out users: ``ctr_by_step.csv`` and ``plots/ctr_by_step.png``.
     """
 
     env_id: str
@@ -260,6 +262,7 @@ class EnvResults:
     rl_strategies: list[str] = field(default_factory=list)
     offline: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
     curves: dict[str, dict[int, list[tuple[int, float]]]] = field(default_factory=dict)
+    by_step: dict[str, dict[int, list[list[float]]]] = field(default_factory=dict)
     traces: dict[str, dict[str, np.ndarray]] | None = None
     artifacts: dict[str, tuple[Path, Path]] = field(default_factory=dict)
     tuned: dict[str, float] = field(default_factory=dict)
@@ -310,6 +313,12 @@ def write_report(run_dir: Path, results: EnvResults, config_yaml: str, topic_nam
         write_rows(run_dir / "learning_curves.csv", ["strategy", "seed", "step", "episode_return"],
                    [(n, s, step, float(r)) for n, per in results.curves.items() for s, rows in per.items()
                     for step, r in rows])
+    if results.by_step:
+        write_rows(run_dir / "ctr_by_step.csv", ["strategy", "seed", "step", "clicks", "users", "ctr"],
+                   [(n, seed, t + 1, float(c), int(u), float(c) / max(int(u), 1))
+                    for n, per in results.by_step.items() for seed, rows in per.items()
+                    for t, (c, u) in enumerate(rows)])
+        plot_ctr_by_step(results.by_step, plots / "ctr_by_step.png")
     if results.explanations and "explanation" in results.explanations:
         write_explanations(run_dir / "explanations.json", results.explanations)
         plot_explanation(results.explanations, plots / "explanation.png")
@@ -428,7 +437,8 @@ def summary_markdown(title: str, setting: str, results: dict[str, EnvResults],
                 f"Every metric: `{prefix}metrics.csv`; plots: `{prefix}plots/`.", ""]
     out += ["## Files", "",
             "- per environment (in its folder for a suite): `metrics.csv` (strategy, seed, metric, value), "
-            "`ranker_metrics.csv`, `paired_comparison.csv`, `learning_curves.csv`, `plots/`, `checkpoints/`, "
+            "`ranker_metrics.csv`, `paired_comparison.csv`, `learning_curves.csv`, `ctr_by_step.csv` (strategy, "
+            "seed, session step, clicks, users, ctr), `plots/`, `checkpoints/`, "
             "`tensorboard/`, `item_space.pt` (what the checkpoints were trained on: "
             "`Ranker.load(checkpoint, ItemSpace.load('item_space.pt'))`), `config.yaml`",
             f"- TensorBoard: `.venv/bin/tensorboard --logdir {run_dir}`",
@@ -487,6 +497,31 @@ def plot_learning_curves(
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_ctr_by_step(by_step: dict[str, dict[int, list[list[float]]]], path: Path, min_users: int = 20) -> None:
+    """CTR at each session step (clicks over the users still in their session, pooled over
+    seeds), per strategy; a strategy's curve stops where fewer than ``min_users`` remain."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, per_seed in by_step.items():
+        length = max(len(rows) for rows in per_seed.values())
+        clicks, users = np.zeros(length), np.zeros(length)
+        for rows in per_seed.values():
+            for t, (c, u) in enumerate(rows):
+                clicks[t] += c
+                users[t] += u
+        shown = users >= min_users
+        steps = np.flatnonzero(shown) + 1
+        ax.plot(steps, clicks[shown] / users[shown], marker=".", label=name)
+    ax.set_xlabel("session step")
+    ax.set_ylabel("CTR (users still in session)")
+    ax.set_title("CTR by session step (held-out users, pooled over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 

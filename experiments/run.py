@@ -706,19 +706,22 @@ def evaluate_unit(policy: PolicySpec, env: EnvSetup, item_space: ItemSpace, num_
             (the reference level drawn into the curves), or None.
 
     Returns:
-        ``{"summary": metrics of `agents.evaluation.EvalResult.summary`, "curve_level"}``.
+        ``{"summary": metrics of `agents.evaluation.EvalResult.summary`, "curve_level",
+        "by_step": [[clicks, users] per session step]}``.
     """
     model = build_policy(policy, env, item_space)
     arrivals = {}
     if "new_items" in env.options:  # item cold start: the held-back items arrive for the held-out users
         arrivals["new_items"] = [{"at": 1, "last": env.options["new_items"][0]["last"]}]
-    summary = evaluate_recommender(model, env.vector_env(num_users, item_space, **arrivals), seed=seed,
-                                   item_table=item_space.fused, popularity=popularity).summary()
+    result = evaluate_recommender(model, env.vector_env(num_users, item_space, **arrivals), seed=seed,
+                                  item_table=item_space.fused, popularity=popularity)
+    summary = result.summary()
     curve_level = None
     if curve is not None:
         curve_level = evaluate_recommender(model, env.vector_env(curve[0], item_space), seed=curve[1],
                                       item_table=item_space.fused).summary()["episode_return"]
-    return {"summary": summary, "curve_level": curve_level}
+    by_step = [[float(c), int(u)] for c, u in zip(result.step_clicks, result.step_users, strict=True)]
+    return {"summary": summary, "curve_level": curve_level, "by_step": by_step}
 
 
 # -- stages 1-5 ------------------------------------------------------------------------------
@@ -1043,6 +1046,8 @@ def evaluation_stage(runner: StageRunner, config: ExperimentConfig, env: EnvSetu
         pending.append(runner.submit(stage, unit, on_done=done, strategy=name, seed=seed))
     for ((name, seed), _), info in zip(stages.items(), runner.gather(pending), strict=True):
         results.metrics.setdefault(name, {})[seed] = info["summary"]
+        if info.get("by_step"):
+            results.by_step.setdefault(name, {})[seed] = info["by_step"]
         if info["curve_level"] is not None:
             results.curve_levels.setdefault(name, {})[seed] = info["curve_level"]
     bar.close()

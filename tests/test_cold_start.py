@@ -158,3 +158,9 @@ def test_item_cold_start_preset_reports_new_items_for_content_and_id_only_ranker
     # content ranks the unseen items; learned ids of items no log mentions carry nothing
     id_ctr = rows[("greedy_id", "new_item_ctr")]
     assert rows[("greedy", "new_item_ctr")] > (0.0 if id_ctr != id_ctr else id_ctr)
+    # metrics by session step: every strategy's first step has all 64 held-out users
+    with open(run_dir / "ctr_by_step.csv") as f:
+        steps = [r for r in csv.DictReader(f) if r["step"] == "1"]
+    assert {r["strategy"] for r in steps} == {"random", "greedy", "greedy_id"}
+    assert all(int(r["users"]) == 64 for r in steps)
+    assert (run_dir / "plots" / "ctr_by_step.png").stat().st_size > 0
