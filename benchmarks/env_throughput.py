@@ -122,6 +122,31 @@ def memory_report(space: ItemSpace, device: torch.device, million: bool) -> None
               f"{grown / 1024**3:.2f} GiB (peak RSS, includes step temporaries)")
 
 
+def bandwidth_bound(space: ItemSpace, users: int, seconds: float) -> None:
+    """The memory-bandwidth ceiling of an ``embeddings`` observation: one step of ``users``
+    users writes ``(H + K) * d`` float32 vectors per user; this times gathering exactly
+    those bytes from the item table (`torch.index_select`, what the core does) and a
+    plain copy of them, and prints the user-steps/s each allows, before any simulation."""
+    rows = (H + K) * users
+    table = space.fused.cpu()
+    index = torch.randint(table.shape[0], (rows,), generator=torch.Generator().manual_seed(0))
+    out = torch.empty(rows, table.shape[1])
+    copy_to = torch.empty_like(out)
+    per_user = (H + K) * table.shape[1] * 4
+    print(f"\nmemory-bandwidth ceiling, embeddings observation of {users:,} users "
+          f"({per_user:,} bytes per user-step, {rows * table.shape[1] * 4 / 1e6:,.0f} MB per step)")
+    for name, op in (("gather from the item table", lambda: torch.index_select(table, 0, index, out=out)),
+                     ("plain copy of those bytes", lambda: copy_to.copy_(out))):
+        op()
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            op()
+            count += 1
+        per_step = (time.perf_counter() - start) / count
+        print(f"  {name:28s} {per_step * 1e3:7.1f} ms/step = {per_user * users / per_step / 1e9:5.1f} GB/s "
+              f"-> at most {users / per_step:12,.0f} user-steps/s")
+
+
 def _rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
@@ -149,6 +174,7 @@ def main() -> None:
             on = core_rate(space, users, obs_mode, True, device, args.seconds)
             print(f"  {users:>6} {obs_mode:10s} {off:12,.0f} {on:12,.0f}", flush=True)
     if device.type == "cpu":
+        bandwidth_bound(space, max(args.batch_sizes), args.seconds)
         print("\nsingle RecEnv (B=1, info with true affinities), steps/s")
         for obs_mode in ("embeddings", "ids"):
             direct = env_rate(space, obs_mode, args.seconds, through_make=False)
