@@ -241,9 +241,9 @@ class _Builder:
         if len(others) > s - (item is not None):
             others = self.rng.choice(others, size=s - (item is not None), replace=False).tolist()
         shown = ([item] if item is not None else []) + others
-        exclude = set(shown) | positives
-        if len(shown) < s:
-            extra = self._sample(s - len(shown), set(exclude) if len(exclude) < self.n - s else set(shown))
+        if len(shown) < s:  # sampled negatives (the user's own items excluded while the catalog allows)
+            exclude = set(shown) | positives
+            extra = self._sample(s - len(shown), exclude if len(exclude) < self.n - s else set(shown))
             self.sampled += len(extra)
             shown += extra
         order = self.rng.permutation(s)
