@@ -84,6 +84,11 @@ def creator_options(item_space: ItemSpace, creators_: int, users: int, episode: 
                 max_move=max_move, creator_reward=reward)
 
 
+def _tensorboard(folder: Path | None, name: str) -> dict[str, Any]:
+    """SB3's ``tensorboard_log`` argument for strategy ``name`` (none without a folder)."""
+    return {"tensorboard_log": str(folder / name)} if folder is not None else {}
+
+
 def _platform_ppo(agent: str, view: Any, seed: int, scorer: dict, **logs: Any) -> PPO:
     return PPO(PlatformScorerPolicy, view, seed=seed, policy_kwargs=dict(scorer_config=scorer), **PLATFORM_PPO,
                **logs)
@@ -121,9 +126,6 @@ def platform_runs(options: dict[str, Any], steps: int, seed: int, eval_seeds: li
         return [run_episode(env, {"platform_0": policy_0, "platform_1": RandomRecommender(seed=s)}, seed=s)
                 for s in eval_seeds]
 
-    def logs(name: str) -> dict[str, Any]:
-        return {"tensorboard_log": str(tensorboard_dir / name)} if tensorboard_dir is not None else {}
-
     runs: dict[str, list[EcosystemHistory]] = {}
     for name in strategies:
         if name == "random":
@@ -133,13 +135,14 @@ def platform_runs(options: dict[str, Any], steps: int, seed: int, eval_seeds: li
         elif name == "ppo":
             models = train_independent(
                 lambda: platforms.parallel_env(**options),
-                partial(_platform_ppo, seed=seed, scorer=scorer, **logs(name)),
+                partial(_platform_ppo, seed=seed, scorer=scorer, **_tensorboard(tensorboard_dir, name)),
                 fixed={"platform_1": RandomRecommender(seed=seed)}, rounds=1, steps_per_round=steps)
             model = models["platform_0"]
             runs[name] = evaluate(model)
         elif name == "ppo_shared":
             model = train_shared(platforms.parallel_env(**options), 2 * steps, policy=PlatformScorerPolicy,
-                                 seed=seed, policy_kwargs=dict(scorer_config=scorer), **PLATFORM_PPO, **logs(name))
+                                 seed=seed, policy_kwargs=dict(scorer_config=scorer), **PLATFORM_PPO,
+                                 **_tensorboard(tensorboard_dir, name))
             runs[name] = evaluate(model)
         else:
             raise ValueError(f"unknown platform strategy {name!r}; expected one of {PLATFORM_STRATEGIES}")
@@ -169,9 +172,8 @@ def creator_runs(options: dict[str, Any], steps: int, seed: int, eval_seeds: lis
         if name == "fixed":
             policies = {agent: StayPolicy(env.map_dim) for agent in env.possible_agents}
         elif name == "ppo":
-            logs = {"tensorboard_log": str(tensorboard_dir / name)} if tensorboard_dir is not None else {}
             model = train_shared(creators.parallel_env(**options), steps, num_copies=2, seed=seed, **CREATOR_PPO,
-                                 **logs)
+                                 **_tensorboard(tensorboard_dir, name))
             if models_dir is not None:
                 model.save(models_dir / f"{name}.zip")
             policies = dict.fromkeys(env.possible_agents, model)
@@ -341,11 +343,10 @@ def load_histories(path: Path) -> dict[str, list[EcosystemHistory]]:
             series.setdefault(strategy, {})[key] = data[name]
     runs = {}
     for strategy, keys in series.items():
-        episodes = next(iter(keys.values())).shape[0]
+        episodes, steps = next(iter(keys.values())).shape[:2]
         runs[strategy] = []
         for e in range(episodes):
             history = EcosystemHistory()
-            steps = next(iter(keys.values())).shape[1]
             history.records = [{k: v[e, t] for k, v in keys.items()} for t in range(steps)]
             runs[strategy].append(history)
     return runs
