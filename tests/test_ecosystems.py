@@ -445,7 +445,7 @@ def test_platforms_preset_writes_the_results_folder_and_the_oracle_wins_the_user
 
 
 @pytest.mark.slow
-def test_creators_preset_compares_fixed_and_learning_creators_on_the_same_episodes(tmp_path):
+def test_creators_preset_reports_fixed_and_learning_creators_and_fixed_ones_never_move(tmp_path):
     from experiments.run import main
 
     previous = torch.get_num_threads()
