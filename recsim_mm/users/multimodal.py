@@ -49,9 +49,11 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
-from recsim_mm.choice import CHOICE_MODELS, make_choice_model
+from recsim_mm import kernels
+from recsim_mm.choice import CHOICE_MODELS, MultinomialLogit, make_choice_model
 from recsim_mm.item_space import ItemSpace
 from recsim_mm.users.base import ExpectedOutcomes, UserModel, UserResponse
 
@@ -315,6 +317,14 @@ class MultimodalUser(UserModel):
         self._chosen_satiation: torch.Tensor | None = None
         self._rows = torch.arange(b, device=dev)
         self._noise_nodes = torch.logit((torch.arange(_NOISE_NODES) + 0.5) / _NOISE_NODES)
+        # CPU: the step runs as fused kernels (recsim_mm.kernels) on numpy views of these
+        # same tensors; `_shown` is the item row respond() leaves for transition().
+        self._fused_step = dev.type == "cpu" and kernels.enabled()
+        self._shown: np.ndarray | None = None
+        if self._fused_step:
+            self._np = {name: getattr(self, name).numpy() for name in (
+                "_table", "_probe", "_weighted", "satiation", "interest", "_column_weight", "budget",
+                "disappointments", "left")}
 
     @staticmethod
     def _topic_centres(space: ItemSpace) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
@@ -416,6 +426,8 @@ class MultimodalUser(UserModel):
         return utility - self.config.satiation_strength * satiation, satiation
 
     def respond(self, slate: torch.Tensor, generator: torch.Generator) -> UserResponse:
+        if self._fused_step:
+            return self._respond_fused(slate, generator)
         d = self.dim
         rows = self._gather(slate)  # (B, S, d + 2)
         utility, satiation = self._utility_and_satiation(rows)
@@ -438,6 +450,46 @@ class MultimodalUser(UserModel):
         minutes = torch.minimum(watched * chosen[:, d + 1], self.budget)
         return UserResponse(clicked=clicked, engagement=minutes)
 
+    def _respond_fused(self, slate: torch.Tensor, generator: torch.Generator) -> UserResponse:
+        """`respond` through the CPU kernels: same draws, same formulas (recsim_mm.kernels)."""
+        cfg, arrays = self.config, self._np
+        b, s = slate.shape
+        slate_np = slate.numpy()
+        watched = np.empty(b, np.float32)
+        minutes = np.empty(b, np.float32)
+        chosen_satiation = np.empty(b, np.float32)
+        if s == 1 and type(self.choice) is MultinomialLogit:
+            # Draws as the torch path: the choice's uniforms, then the watched noise's.
+            uniforms = torch.rand(2, b, generator=generator).numpy()
+            clicked = np.empty(b, np.int64)
+            kernels.respond_single(
+                arrays["_table"], slate_np, arrays["_probe"], arrays["budget"], uniforms[0], uniforms[1],
+                cfg.satiation_strength, self.choice.temperature, self.choice.no_click_utility,
+                cfg.engagement_gain, cfg.engagement_midpoint, cfg.engagement_noise,
+                clicked, minutes, watched, chosen_satiation)
+            self._shown = slate_np[:, 0]
+            clicked_t = torch.from_numpy(clicked)
+        else:
+            utility = np.empty((b, s), np.float32)
+            satiation = np.empty((b, s), np.float32)
+            kernels.slate_utility(arrays["_table"], slate_np, arrays["_probe"], cfg.satiation_strength,
+                                  utility, satiation)
+            clicked_t = self.choice.choose(torch.from_numpy(utility), generator)
+            pos = clicked_t.numpy().clip(0, None)
+            index = np.arange(b)
+            shown = slate_np[index, pos]
+            chosen_utility = torch.from_numpy(utility[index, pos])
+            u = torch.rand(b, generator=generator)
+            watched_t = self.watched_fraction(chosen_utility, torch.logit(u, eps=1e-6))
+            watched_t.mul_(clicked_t >= 0)
+            watched = watched_t.numpy()
+            chosen_satiation = satiation[index, pos]
+            np.minimum(watched * arrays["_table"][shown, -1], arrays["budget"], out=minutes)
+            self._shown = shown
+        self._watched = torch.from_numpy(watched)
+        self._chosen_satiation = torch.from_numpy(chosen_satiation) if cfg.satiation_strength else None
+        return UserResponse(clicked=clicked_t, engagement=torch.from_numpy(minutes))
+
     def watched_fraction(self, utility: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Fraction of an item watched if clicked: ``sigmoid(gain * (utility - midpoint) + engagement_noise * noise)``.
 
@@ -459,6 +511,23 @@ class MultimodalUser(UserModel):
 
     def transition(self, slate: torch.Tensor, response: UserResponse, generator: torch.Generator) -> None:
         cfg = self.config
+        if self._fused_step and self._shown is not None:
+            arrays, b = self._np, self.num_users
+            # The torch path's one draw, if it makes it: a uniform per user to quit.
+            if cfg.quit_probability or cfg.boredom_rate:
+                u_quit = torch.rand(b, generator=generator).numpy()
+            else:
+                u_quit = self._watched.numpy()  # not read
+            kernels.transition(
+                arrays["_table"], self._shown, self._watched.numpy(), response.engagement.numpy(),
+                response.clicked.numpy(), self._watched.numpy() if self._chosen_satiation is None
+                else self._chosen_satiation.numpy(), u_quit, self.d_text,
+                cfg.satiation_decay, bool(cfg.satiation_strength), cfg.drift_rate, cfg.refund_rate, cfg.step_cost,
+                cfg.disappointment_threshold, cfg.patience, cfg.quit_probability, cfg.boredom_rate,
+                arrays["satiation"], arrays["interest"], arrays["_column_weight"], arrays["_weighted"],
+                arrays["budget"], arrays["disappointments"], arrays["left"])
+            self._shown = None
+            return
         watched = self._watched  # 0 where nothing was clicked
         if cfg.satiation_strength:
             # x/2: <x, x> = 2 for a fused vector, so each full consumption of an

@@ -1,0 +1,252 @@
+"""Fused CPU kernels for the default user model's step (numba), one pass per user.
+
+A step of the default user (`recsim_mm.users.multimodal.MultimodalUser`) written as
+torch operations is a few dozen small tensor ops. Each op costs a fixed 3-7 us of
+dispatch on CPU whatever its size, which is the whole cost of a one-user step (the
+single `RecEnv`), and each op is one pass over memory, which is most of the cost of a
+large batch. The kernels here compute the same formulas user by user in one loop
+(numba-compiled, no Python per user), reading the same tensors through zero-copy numpy
+views and drawing no random numbers: the uniforms come from the simulator's
+`torch.Generator`, drawn by the caller in the same order and sizes as the torch path
+draws them, so a seed gives the same trajectory on either path.
+
+They are an implementation of `MultimodalUser`'s step, not a second simulator: the
+torch path stays (CUDA, and ``RECSIM_MM_KERNELS=0``), and tests run both on the same
+seed and compare (tests/test_kernels.py). Floats agree to a few units in the last
+place (a sum over ``d`` items adds in a different order; ``exp``/``log`` come from
+another math library); the discrete outcomes (clicks, episode ends) are the same
+unless a uniform falls within that rounding of a threshold.
+
+Compiled on first use and cached on disk next to this file (numba ``cache=True``),
+so later processes start without compiling.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+try:  # numba is a dependency; without it (or with RECSIM_MM_KERNELS=0) the torch path runs
+    import numba
+
+    _njit = numba.njit(cache=True, nogil=True)
+    AVAILABLE = os.environ.get("RECSIM_MM_KERNELS", "1") != "0"
+except ImportError:  # pragma: no cover - numba is installed with the package
+    numba = None
+    AVAILABLE = False
+
+    def _njit(function):  # type: ignore[no-redef]
+        return function
+
+
+def enabled() -> bool:
+    """Whether the fused CPU kernels run (numba importable and ``RECSIM_MM_KERNELS`` is not ``0``)."""
+    return AVAILABLE
+
+
+@_njit
+def _sigmoid(x):
+    return np.float32(1.0) / (np.float32(1.0) + np.exp(-x))
+
+
+@_njit
+def slate_utility(table, slate, probe, satiation_strength, utility, satiation):
+    """Utility and satiation of every slate item, from gathered table rows.
+
+    Args:
+        table: ``(N, d + 2)`` float32 item rows [fused | quality - 0.5 | duration].
+        slate: ``(B, S)`` int64 item rows.
+        probe: ``(B, 2, d + 2)`` float32 per-user rows [weighted interest |
+            quality_weight | 0] and [satiation memory | 0 | 0].
+        satiation_strength: utility lost per unit of satiation.
+        utility: ``(B, S)`` float32 output: affinity + quality term - strength * satiation.
+        satiation: ``(B, S)`` float32 output: ``max(<memory, x>, 0)``.
+    """
+    b_count, s_count = slate.shape
+    width = table.shape[1]
+    strength = np.float32(satiation_strength)
+    for b in range(b_count):
+        for s in range(s_count):
+            row = slate[b, s]
+            score = 0.0
+            sat = 0.0
+            for j in range(width):
+                x = table[row, j]
+                score += x * probe[b, 0, j]
+                sat += x * probe[b, 1, j]
+            sat32 = max(np.float32(sat), np.float32(0.0))
+            satiation[b, s] = sat32
+            utility[b, s] = np.float32(score) - strength * sat32
+
+
+@_njit
+def respond_single(table, slate, probe, budget, u_choice, u_watch, satiation_strength,
+                   temperature, no_click_utility, gain, midpoint, noise_scale,
+                   clicked, minutes, watched, chosen_satiation):
+    """A one-item slate under the multinomial logit: click, watched fraction, minutes.
+
+    Per user: utility ``u`` as in `slate_utility`; click iff ``u_choice <
+    sigmoid((u - no_click_utility) / temperature)``; watched fraction
+    ``sigmoid(gain * u + noise_scale * logit(u_watch) - gain * midpoint)`` (``logit``
+    clamped to ``[1e-6, 1 - 1e-6]``), 0 without a click; minutes ``min(watched *
+    duration, budget)``.
+
+    Args:
+        table, probe, satiation_strength: as in `slate_utility`.
+        slate: ``(B, 1)`` int64 item rows.
+        budget: ``(B,)`` float32 minutes left.
+        u_choice, u_watch: ``(B,)`` float32 uniforms (drawn in this order).
+        temperature, no_click_utility, gain, midpoint, noise_scale: choice and
+            watched-fraction parameters (`MultimodalUserConfig`).
+        clicked: ``(B,)`` int64 output, 0 or -1.
+        minutes: ``(B,)`` float32 output.
+        watched: ``(B,)`` float32 output.
+        chosen_satiation: ``(B,)`` float32 output, satiation of the shown item.
+    """
+    b_count = slate.shape[0]
+    width = table.shape[1]
+    strength = np.float32(satiation_strength)
+    inv_t = np.float32(1.0) / np.float32(temperature)
+    u0 = np.float32(no_click_utility)
+    g = np.float32(gain)
+    offset = np.float32(gain * midpoint)
+    noise = np.float32(noise_scale)
+    eps = np.float32(1e-6)
+    for b in range(b_count):
+        row = slate[b, 0]
+        score = 0.0
+        sat = 0.0
+        for j in range(width):
+            x = table[row, j]
+            score += x * probe[b, 0, j]
+            sat += x * probe[b, 1, j]
+        sat32 = max(np.float32(sat), np.float32(0.0))
+        utility = np.float32(score) - strength * sat32
+        chosen_satiation[b] = sat32
+        p = _sigmoid((utility - u0) * inv_t)
+        click = u_choice[b] < p
+        clicked[b] = 0 if click else -1
+        w = np.float32(0.0)
+        if click:
+            u = min(max(u_watch[b], eps), np.float32(1.0) - eps)
+            logistic = np.float32(math.log(u / (np.float32(1.0) - u)))
+            w = _sigmoid(noise * logistic + g * utility - offset)
+        watched[b] = w
+        minutes[b] = min(w * table[row, width - 1], budget[b])
+
+
+@_njit
+def transition(table, shown, watched, engagement, clicked, chosen_satiation, u_quit, text_width,
+               satiation_decay, satiation_on, drift_rate, refund_rate, step_cost,
+               disappointment_threshold, patience, quit_probability, boredom_rate,
+               satiation, interest, column_weight, weighted, budget, disappointments, left):
+    """Move every user's state after a step (in place); see `MultimodalUser.transition`.
+
+    Args:
+        table: ``(N, d + 2)`` float32 item rows.
+        shown: ``(B,)`` int64 item row consumed (the clicked one, or the one shown).
+        watched: ``(B,)`` float32 watched fraction (0 without a click).
+        engagement: ``(B,)`` float32 minutes.
+        clicked: ``(B,)`` int64 clicked slate position or -1.
+        chosen_satiation: ``(B,)`` float32 satiation of the shown item (boredom).
+        u_quit: ``(B,)`` float32 uniforms, read only when ``quit_probability`` or
+            ``boredom_rate`` is set.
+        text_width: columns of the text part (the rest is the image part).
+        satiation_decay, satiation_on, drift_rate, refund_rate, step_cost,
+        disappointment_threshold, patience, quit_probability, boredom_rate:
+            `MultimodalUserConfig` values (``satiation_on``: strength > 0).
+        satiation, interest, column_weight, weighted: ``(B, d)`` float32 state.
+        budget, disappointments: ``(B,)`` float32 state.
+        left: ``(B,)`` bool state.
+    """
+    b_count, d = interest.shape
+    decay = np.float32(satiation_decay)
+    rate = np.float32(drift_rate)
+    refund = np.float32(refund_rate)
+    cost = np.float32(step_cost)
+    threshold = np.float32(disappointment_threshold)
+    stay_base = np.float32(1.0 - quit_probability)
+    boredom = np.float32(boredom_rate)
+    half = np.float32(0.5)
+    for b in range(b_count):
+        row = shown[b]
+        w = watched[b]
+        if satiation_on:
+            scale = half * w
+            for j in range(d):
+                satiation[b, j] = satiation[b, j] * decay + table[row, j] * scale
+        if drift_rate > 0:
+            step = rate * w
+            for j in range(d):
+                interest[b, j] = interest[b, j] + (table[row, j] - interest[b, j]) * step
+            for lo, hi in ((0, text_width), (text_width, d)):
+                total = 0.0
+                for j in range(lo, hi):
+                    total += interest[b, j] * interest[b, j]
+                norm = max(np.float32(math.sqrt(total)), np.float32(1e-12))
+                for j in range(lo, hi):
+                    interest[b, j] = interest[b, j] / norm
+            for j in range(d):
+                weighted[b, j] = interest[b, j] * column_weight[b, j]
+        left_now = budget[b] + engagement[b] * (w * refund - np.float32(1.0))
+        budget[b] = max(left_now - cost, np.float32(0.0))
+        if w < threshold:
+            disappointments[b] = disappointments[b] + np.float32(1.0)
+        else:
+            disappointments[b] = np.float32(0.0)
+        if patience > 0 and disappointments[b] >= patience:
+            left[b] = True
+        if quit_probability > 0 or boredom_rate > 0:
+            stay = stay_base
+            if boredom_rate > 0 and satiation_on:
+                bored = chosen_satiation[b] if clicked[b] >= 0 else np.float32(0.0)
+                stay = stay * np.exp(-boredom * bored)
+            if u_quit[b] >= stay:
+                left[b] = True
+
+
+@_njit
+def gather_affinity(fused, items, weighted, vectors, affinity, with_affinity):
+    """Gather item vectors and (optionally) their true affinities in one pass.
+
+    Args:
+        fused: ``(N, d)`` float32 item vectors.
+        items: ``(B, K)`` int64 item rows.
+        weighted: ``(B, d)`` float32 modality-weighted interests.
+        vectors: ``(B, K, d)`` float32 output, ``fused[items]``.
+        affinity: ``(B, K)`` float32 output, ``<weighted[b], fused[items[b, k]]>``.
+        with_affinity: False skips the affinities (``affinity`` is not written).
+    """
+    b_count, k_count = items.shape
+    d = fused.shape[1]
+    for b in range(b_count):
+        for k in range(k_count):
+            row = items[b, k]
+            total = 0.0
+            for j in range(d):
+                x = fused[row, j]
+                vectors[b, k, j] = x
+                total += x * weighted[b, j]
+            if with_affinity:
+                affinity[b, k] = np.float32(total)
+
+
+@_njit
+def affinity_of(fused, items, weighted, affinity):
+    """``affinity[b, k] = <weighted[b], fused[items[b, k]]>`` without writing the vectors.
+
+    Args:
+        fused: ``(N, d)`` float32; items: ``(B, K)`` int64; weighted: ``(B, d)``
+        float32; affinity: ``(B, K)`` float32 output.
+    """
+    b_count, k_count = items.shape
+    d = fused.shape[1]
+    for b in range(b_count):
+        for k in range(k_count):
+            row = items[b, k]
+            total = 0.0
+            for j in range(d):
+                total += fused[row, j] * weighted[b, j]
+            affinity[b, k] = np.float32(total)
