@@ -235,14 +235,15 @@ def gather_affinity(fused, items, weighted, vectors, affinity, with_affinity):
 
 @_njit
 def affinity_of(fused, items, weighted, affinity):
-    """``affinity[b, k] = <weighted[b], fused[items[b, k]]>`` without writing the vectors.
+    """``affinity[b, k] = <weighted[b], fused[items[b, k], :d]>`` without writing the vectors.
 
     Args:
-        fused: ``(N, d)`` float32; items: ``(B, K)`` int64; weighted: ``(B, d)``
-        float32; affinity: ``(B, K)`` float32 output.
+        fused: ``(N, d')`` float32 with ``d' >= d`` (the first ``d`` columns are the
+        item vectors; the user model's table has two more); items: ``(B, K)`` int64;
+        weighted: ``(B, d)`` float32; affinity: ``(B, K)`` float32 output.
     """
     b_count, k_count = items.shape
-    d = fused.shape[1]
+    d = weighted.shape[1]
     for b in range(b_count):
         for k in range(k_count):
             row = items[b, k]

@@ -266,6 +266,7 @@ class Simulator:
         self._fresh = FreshArrays()
         self.steps = torch.zeros(b, dtype=torch.int32, device=dev)
         self._all_rows = torch.arange(b, device=dev)
+        self._row_index = np.arange(b)
         self._ones = torch.ones(b, device=dev)
         self._checked_user_outputs = False
         self._numpy: dict[str, np.ndarray] | None = None
@@ -369,6 +370,8 @@ class Simulator:
             `StepOutcome`. Rows that terminated or were truncated keep stepping if
             called again; the caller resets them (`reset_rows`).
         """
+        if self.device.type == "cpu":
+            return self._step_cpu(slate_positions)
         users, g = self.users, self.generator
         # Affinities of the candidates the action chooses from, before the step moves
         # the users' state (usually already computed for the observation).
@@ -400,6 +403,46 @@ class Simulator:
             engagement=response.engagement,
             terminated=terminated,
             truncated=truncated,
+            true_affinity=acted_on_affinity,
+        )
+
+    def _step_cpu(self, slate_positions: torch.Tensor) -> StepOutcome:
+        """`step` on CPU: the same operations, the index and compare work on numpy views
+        of the same memory (a numpy op on a few values costs a fraction of a torch op,
+        which is what a one-user step is made of)."""
+        users, g = self.users, self.generator
+        acted_on_affinity = self.candidate_affinity
+        candidates = self.candidates.numpy()
+        positions = slate_positions.numpy()
+        rows = self._row_index
+        slate_np = candidates[rows[:, None], positions]
+        slate = torch.from_numpy(slate_np)
+        response = users.respond(slate, g)
+        if not self._checked_user_outputs:
+            self._check_response(response)
+        reward = self._reward(slate_positions, response)
+        users.transition(slate, response, g)
+        clicked_position = response.clicked
+        clicked_np = clicked_position.numpy()
+        click_np = clicked_np >= 0
+        shown_np = slate_np[:, 0] if self.slate_size == 1 else slate_np[rows, clicked_np.clip(0, None)]
+        click, shown = torch.from_numpy(click_np), torch.from_numpy(shown_np)
+        self._write_history(shown, click, response.engagement)
+        self.candidate_generator.record(shown, click)
+        steps = self.steps.numpy()
+        steps += 1
+        terminated = users.done()
+        truncated_np = steps >= self.max_steps
+        truncated_np &= ~terminated.numpy()
+        self._draw_candidates(None)
+        return StepOutcome(
+            reward=reward,
+            click=click,
+            clicked_position=clicked_position,
+            clicked_item=torch.from_numpy(np.where(click_np, shown_np, -1)),
+            engagement=response.engagement,
+            terminated=terminated,
+            truncated=torch.from_numpy(truncated_np),
             true_affinity=acted_on_affinity,
         )
 
@@ -549,6 +592,10 @@ class Simulator:
         assert self._vector_table is not None and self._hist_rows is not None
         d = self.item_space.dim
         window = slice(self._start, self._start + self.history_length)
+        if self.device.type == "cpu":  # numpy's take: the same copy, a fraction of the dispatch
+            np.take(self._vector_table.numpy(), self._hist_rows.numpy()[:, window], axis=0, out=history.numpy(), mode="clip")
+            np.take(self._fused.numpy(), self.candidates.numpy(), axis=0, out=candidates.numpy(), mode="clip")
+            return
         torch.index_select(self._vector_table, 0, self._hist_rows[:, window].reshape(-1), out=history.view(-1, d))
         torch.index_select(self._fused, 0, self.candidates.view(-1), out=candidates.view(-1, d))
 

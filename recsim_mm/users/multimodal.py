@@ -554,6 +554,9 @@ class MultimodalUser(UserModel):
             self.left |= torch.rand(stay.shape, generator=generator, device=self.device) >= stay
 
     def done(self) -> torch.Tensor:
+        if self._fused_step:  # the same test on numpy views (cheaper for a few users)
+            arrays = self._np
+            return torch.from_numpy(arrays["left"] | (arrays["budget"] <= 0))
         return self.left | (self.budget <= 0)
 
     def time_left(self) -> torch.Tensor:
@@ -611,8 +614,13 @@ class MultimodalUser(UserModel):
             rows: ``(R,)`` int64 user rows (``None``: all users).
             fused: optional ``(R, K, d)`` fused vectors of ``items`` (saves a gather).
         """
-        weighted = self._weighted if rows is None else self._weighted[rows]
         r, k = items.shape
+        if self._fused_step:  # one kernel from the cache-resident table (``fused`` not needed)
+            out = np.empty((r, k), np.float32)
+            weighted_np = self._np["_weighted"] if rows is None else self._np["_weighted"][rows.numpy()]
+            kernels.affinity_of(self._np["_table"], items.numpy(), weighted_np, out)
+            return torch.from_numpy(out)
+        weighted = self._weighted if rows is None else self._weighted[rows]
         if r <= _AFFINITY_CHUNK:  # one chunk: the same product and sum, without the slicing
             if fused is None:
                 fused = self._table.index_select(0, items.reshape(-1))[:, : self.dim].view(r, k, self.dim)
