@@ -200,38 +200,57 @@ class MultimodalUserConfig:
         return dataclasses.replace(base, **params)
 
 
+def _draws(kind: str, shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> Any:
+    """``torch.rand`` (``kind="rand"``) or ``torch.randn`` draws from ``generator``; on CPU as a
+    numpy view of them (the arithmetic on a few values then costs numpy's dispatch, not
+    torch's: what the reset of one user is made of), elsewhere the tensor itself."""
+    t = (torch.rand if kind == "rand" else torch.randn)(shape, generator=generator, device=device)
+    return t.numpy() if device.type == "cpu" else t
+
+
+def _module(x: Any) -> Any:
+    """numpy for a numpy array, torch for a tensor: the few functions the samplers need
+    beyond operators (``log``, ``sqrt``)."""
+    return np if isinstance(x, np.ndarray) else torch
+
+
 def sample_gamma(concentration: float, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
     """``(n,)`` float32 Gamma(concentration, 1) draws from ``generator``.
 
     Marsaglia-Tsang rejection, vectorised (torch's own Gamma sampler takes no generator).
-    Boost for concentration < 1: ``Gamma(c) = Gamma(c + 1) * U ** (1 / c)``.
+    Boost for concentration < 1: ``Gamma(c) = Gamma(c + 1) * U ** (1 / c)``. On CPU the
+    arithmetic runs on numpy views of the draws (`_draws`); the draws are the same.
     """
+    device = torch.device(device)
     boost = concentration < 1
     shape = concentration + 1 if boost else concentration
     d = shape - 1.0 / 3.0
     c = 1.0 / math.sqrt(9.0 * d)
-    out: torch.Tensor | None = None
-    todo: torch.Tensor | None = None  # rows still to draw; None: all n, nothing accepted yet
+    out: Any = None
+    todo: Any = None  # rows still to draw; None: all n, nothing accepted yet
     m = n
     while m > 0:
-        x = torch.randn(m, generator=generator, device=device)
-        u = torch.rand(m, generator=generator, device=device)
-        v = (1 + c * x) ** 3
-        ok = (v > 0) & (torch.log(u) < 0.5 * x * x + d - d * v + d * torch.log(v.clamp_min(1e-30)))
+        x = _draws("randn", (m,), generator, device)
+        u = _draws("rand", (m,), generator, device)
+        xp = _module(x)
+        t = 1 + c * x
+        v = t * t * t
+        with np.errstate(divide="ignore", invalid="ignore"):  # log(0) = -inf, as torch gives
+            ok = (v > 0) & (xp.log(u) < 0.5 * x * x + d - d * v + d * xp.log(v.clip(1e-30)))
         if todo is None and bool(ok.all()):
             out = d * v  # the common case (acceptance is ~95%+): no scatter of accepted rows
             break
         if out is None or todo is None:
-            out = torch.empty(n, device=device)
-            todo = torch.arange(n, device=device)
+            out = np.empty(n, np.float32) if xp is np else torch.empty(n, device=device)
+            todo = np.arange(n) if xp is np else torch.arange(n, device=device)
         out[todo[ok]] = (d * v)[ok]
         todo = todo[~ok]
-        m = todo.numel()
+        m = len(todo)
     if out is None:  # n == 0
         out = torch.empty(0, device=device)
     if boost:
-        out *= torch.rand(n, generator=generator, device=device) ** (1.0 / concentration)
-    return out
+        out *= _draws("rand", (n,), generator, device) ** (1.0 / concentration)
+    return torch.from_numpy(out) if isinstance(out, np.ndarray) else out
 
 
 def sample_beta(alpha: float, beta: float, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -324,7 +343,8 @@ class MultimodalUser(UserModel):
         if self._fused_step:
             self._np = {name: getattr(self, name).numpy() for name in (
                 "_table", "_probe", "_weighted", "satiation", "interest", "_column_weight", "budget",
-                "disappointments", "left")}
+                "disappointments", "left", "modality_weight")}
+            self._text_columns = np.arange(d) < self.d_text
 
     @staticmethod
     def _topic_centres(space: ItemSpace) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
@@ -346,6 +366,24 @@ class MultimodalUser(UserModel):
             interest, modality_weight = self.population.draw(r, generator, dev)
         else:
             interest, modality_weight = self._draw_from_topics(r, generator)
+        spread = _draws("rand", (r,), generator, dev)
+        spread = 2 * spread - 1
+        budget = cfg.time_budget * (1 + cfg.time_budget_spread * spread)
+        if self._fused_step:
+            # The same writes on numpy views (an indexed numpy write costs a fraction of
+            # a torch one for a few rows).
+            arrays, index = self._np, rows.numpy()
+            interest, modality_weight = np.asarray(interest), np.asarray(modality_weight)
+            column_weight = np.where(self._text_columns, modality_weight[:, None], 1 - modality_weight[:, None])
+            arrays["interest"][index] = interest
+            arrays["modality_weight"][index] = modality_weight
+            arrays["_column_weight"][index] = column_weight
+            arrays["_weighted"][index] = interest * column_weight
+            arrays["satiation"][index] = 0
+            arrays["budget"][index] = budget
+            arrays["disappointments"][index] = 0
+            arrays["left"][index] = False
+            return
         # index_copy_ / index_fill_: one kernel each (indexed assignment dispatches far more).
         self.interest.index_copy_(0, rows, interest)
         self.modality_weight.index_copy_(0, rows, modality_weight)
@@ -353,13 +391,15 @@ class MultimodalUser(UserModel):
         self._column_weight.index_copy_(0, rows, column_weight)
         self._weighted.index_copy_(0, rows, interest * column_weight)
         self.satiation.index_fill_(0, rows, 0)
-        spread = 2 * torch.rand(r, generator=generator, device=dev) - 1
-        self.budget.index_copy_(0, rows, cfg.time_budget * (1 + cfg.time_budget_spread * spread))
+        self.budget.index_copy_(0, rows, budget)
         self.disappointments.index_fill_(0, rows, 0)
         self.left.index_fill_(0, rows, False)
 
-    def _draw_from_topics(self, r: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """``r`` users from the hand-set topic mixtures: ``(interest (r, d), modality weight (r,))``."""
+    def _draw_from_topics(self, r: int, generator: torch.Generator) -> tuple[Any, Any]:
+        """``r`` users from the hand-set topic mixtures: ``(interest (r, d), modality weight (r,))``.
+
+        numpy arrays on CPU (the draws' numpy views, `_draws`), tensors elsewhere.
+        """
         cfg, dev = self.config, self.device
         if self._centres_text is not None:
             centres_text, centres_image = self._centres_text, self._centres_image
@@ -367,19 +407,29 @@ class MultimodalUser(UserModel):
             centres_text, centres_image = self.item_space.text, self.item_space.image
         pool = centres_text.shape[0]
         k = min(cfg.favourite_topics, pool)
-        favourite = torch.rand(r, pool, generator=generator, device=dev).topk(k, dim=1).indices
+        scores = _draws("rand", (r, pool), generator, dev)
+        on_cpu = isinstance(scores, np.ndarray)
+        if on_cpu:  # the k largest, largest first (as topk)
+            favourite = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+            centres_text, centres_image = centres_text.numpy(), centres_image.numpy()
+        else:
+            favourite = scores.topk(k, dim=1).indices
         # Dirichlet(topic_concentration) mixing weights over the favourites.
         mix = sample_gamma(cfg.topic_concentration, r * k, generator, dev).view(r, k)
-        mix /= mix.sum(1, keepdim=True)
+        mix = mix.numpy() if on_cpu else mix
+        mix /= mix.sum(1, keepdims=True) if on_cpu else mix.sum(1, keepdim=True)
 
-        def part(centres: torch.Tensor) -> torch.Tensor:
+        def part(centres: Any) -> Any:
             width = centres.shape[1]
-            v = (mix.unsqueeze(2) * centres[favourite]).sum(1)
-            noise = torch.randn(r, width, generator=generator, device=dev)
+            v = (mix[:, :, None] * centres[favourite]).sum(1)
+            noise = _draws("randn", (r, width), generator, dev)
             v = v + cfg.interest_noise * noise / math.sqrt(width)
-            return torch.nn.functional.normalize(v, dim=-1)
+            if not on_cpu:
+                return torch.nn.functional.normalize(v, dim=-1)
+            return v / np.maximum(np.sqrt((v * v).sum(-1, keepdims=True)), 1e-12)
 
-        interest = torch.cat([part(centres_text), part(centres_image)], dim=1)
+        parts = [part(centres_text), part(centres_image)]
+        interest = np.concatenate(parts, axis=1) if on_cpu else torch.cat(parts, dim=1)
         a, b = cfg.modality_beta
         return interest, sample_beta(a, b, r, generator, dev)
 
