@@ -243,6 +243,11 @@ class CandidateGenerator:
         if self._consumed is not None:
             self._consumed[rows] = False
 
+    @property
+    def records(self) -> bool:
+        """Whether `record` keeps anything (``exclude_consumed``); False lets the simulator skip the call."""
+        return self._consumed is not None
+
     def record(self, items: torch.Tensor, consumed: torch.Tensor) -> None:
         """Note that each user consumed ``items`` ``(B,)`` int64 where ``consumed`` ``(B,)`` bool."""
         if self._consumed is not None:

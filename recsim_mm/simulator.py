@@ -269,8 +269,21 @@ class Simulator:
         self._row_index = np.arange(b)
         self._ones = torch.ones(b, device=dev)
         self._checked_user_outputs = False
-        self._numpy: dict[str, np.ndarray] | None = None
-        self._history_np: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None
+        # CPU: numpy views of the buffers above (same memory), made once; the CPU step
+        # and observation index and copy through them (numpy's per-call cost is a
+        # fraction of torch's, which is what a step of a few users is made of).
+        self._np: dict[str, np.ndarray] = {}
+        if dev.type == "cpu":
+            self._np = {
+                "hist_items": self._hist_items.numpy(),
+                "feedback": self._hist_feedback.numpy(),
+                "candidates": self.candidates.numpy(),
+                "steps": self.steps.numpy(),
+                "fused": self._fused.numpy(),
+            }
+            if embeddings:
+                self._np["hist_rows"] = self._hist_rows.numpy()
+                self._np["vector_table"] = self._vector_table.numpy()
 
     # ------------------------------------------------------------------ reset
     def reset(self, seed: int | None = None, *, observe: bool = True) -> dict[str, torch.Tensor] | None:
@@ -410,12 +423,14 @@ class Simulator:
         """`step` on CPU: the same operations, the index and compare work on numpy views
         of the same memory (a numpy op on a few values costs a fraction of a torch op,
         which is what a one-user step is made of)."""
-        users, g = self.users, self.generator
+        users, g, views = self.users, self.generator, self._np
         acted_on_affinity = self.candidate_affinity
-        candidates = self.candidates.numpy()
         positions = slate_positions.numpy()
         rows = self._row_index
-        slate_np = candidates[rows[:, None], positions]
+        if self.slate_size == 1:
+            slate_np = views["candidates"][rows, positions[:, 0]][:, None]
+        else:
+            slate_np = views["candidates"][rows[:, None], positions]
         slate = torch.from_numpy(slate_np)
         response = users.respond(slate, g)
         if not self._checked_user_outputs:
@@ -424,12 +439,14 @@ class Simulator:
         users.transition(slate, response, g)
         clicked_position = response.clicked
         clicked_np = clicked_position.numpy()
+        engagement_np = response.engagement.numpy()
         click_np = clicked_np >= 0
         shown_np = slate_np[:, 0] if self.slate_size == 1 else slate_np[rows, clicked_np.clip(0, None)]
-        click, shown = torch.from_numpy(click_np), torch.from_numpy(shown_np)
-        self._write_history(shown, click, response.engagement)
-        self.candidate_generator.record(shown, click)
-        steps = self.steps.numpy()
+        self._write_history_np(shown_np, click_np, engagement_np)
+        click = torch.from_numpy(click_np)
+        if getattr(self.candidate_generator, "records", True):
+            self.candidate_generator.record(torch.from_numpy(shown_np), click)
+        steps = views["steps"]
         steps += 1
         terminated = users.done()
         truncated_np = steps >= self.max_steps
@@ -484,27 +501,10 @@ class Simulator:
         self._checked_user_outputs = True
 
     def _write_history(self, item: torch.Tensor, click: torch.Tensor, engagement: torch.Tensor) -> None:
-        h = self.history_length
         if self.device.type == "cpu":
-            # Pure data movement through numpy views of the same memory: the values
-            # are the same, and a numpy slice assignment costs a fraction of a torch
-            # indexing op (what a one-user step is made of).
-            items, feedback, rows = self._history_views()
-            item_np = item.numpy()
-            start = self._start + 1
-            if start > h:  # the window would run past the buffer: move its H - 1 newest entries to the front
-                for buf in (items, feedback) if rows is None else (items, feedback, rows):
-                    buf[:, : h - 1] = buf[:, start : start + h - 1]
-                start = 0
-            self._start = start
-            newest = start + h - 1
-            items[:, newest] = item_np
-            feedback[:, newest, 0] = click.numpy()
-            feedback[:, newest, 1] = engagement.numpy()
-            feedback[:, newest, 2] = 1.0
-            if rows is not None:
-                rows[:, newest] = item_np
+            self._write_history_np(item.numpy(), click.numpy(), engagement.numpy())
             return
+        h = self.history_length
         buffers = [self._hist_items, self._hist_feedback]
         if self._hist_rows is not None:
             buffers.append(self._hist_rows)
@@ -520,12 +520,23 @@ class Simulator:
         if self._hist_rows is not None:
             self._hist_rows[:, newest] = item
 
-    def _history_views(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """numpy views (CPU) of the history item rows, feedback and vector-table rows."""
-        if self._history_np is None:
-            rows = None if self._hist_rows is None else self._hist_rows.numpy()
-            self._history_np = (self._hist_items.numpy(), self._hist_feedback.numpy(), rows)
-        return self._history_np
+    def _write_history_np(self, item: np.ndarray, click: np.ndarray, engagement: np.ndarray) -> None:
+        """`_write_history` on CPU, through the numpy views (pure data movement, same values)."""
+        h, views = self.history_length, self._np
+        items, feedback, rows = views["hist_items"], views["feedback"], views.get("hist_rows")
+        start = self._start + 1
+        if start > h:  # the window would run past the buffer: move its H - 1 newest entries to the front
+            for buf in (items, feedback) if rows is None else (items, feedback, rows):
+                buf[:, : h - 1] = buf[:, start : start + h - 1]
+            start = 0
+        self._start = start
+        newest = start + h - 1
+        items[:, newest] = item
+        feedback[:, newest, 0] = click
+        feedback[:, newest, 1] = engagement
+        feedback[:, newest, 2] = 1.0
+        if rows is not None:
+            rows[:, newest] = item
 
     def _draw_candidates(self, rows: torch.Tensor | None) -> None:
         """New candidates for ``rows`` (None: all).
@@ -592,12 +603,20 @@ class Simulator:
         assert self._vector_table is not None and self._hist_rows is not None
         d = self.item_space.dim
         window = slice(self._start, self._start + self.history_length)
-        if self.device.type == "cpu":  # numpy's take: the same copy, a fraction of the dispatch
-            np.take(self._vector_table.numpy(), self._hist_rows.numpy()[:, window], axis=0, out=history.numpy(), mode="clip")
-            np.take(self._fused.numpy(), self.candidates.numpy(), axis=0, out=candidates.numpy(), mode="clip")
+        if self.device.type == "cpu":
+            self._gather_vectors_np(history.numpy(), candidates.numpy())
             return
         torch.index_select(self._vector_table, 0, self._hist_rows[:, window].reshape(-1), out=history.view(-1, d))
         torch.index_select(self._fused, 0, self.candidates.view(-1), out=candidates.view(-1, d))
+
+    def _gather_vectors_np(self, history: np.ndarray, candidates: np.ndarray) -> None:
+        """`_gather_vectors` on CPU into numpy arrays: numpy's take, the same copy for a
+        fraction of the dispatch (``mode="clip"``: rows are valid, and the default
+        ``"raise"`` would buffer the whole output)."""
+        views = self._np
+        window = slice(self._start, self._start + self.history_length)
+        np.take(views["vector_table"], views["hist_rows"][:, window], axis=0, out=history, mode="clip")
+        np.take(views["fused"], views["candidates"], axis=0, out=candidates, mode="clip")
 
     def observation(self) -> dict[str, torch.Tensor]:
         """The current observation as torch tensors (see module docstring).
@@ -669,13 +688,7 @@ class Simulator:
         """
         if self.device.type != "cpu":
             return {key: value.cpu().numpy() for key, value in self.observation().items()}
-        if self._numpy is None:
-            self._numpy = {
-                "hist_items": self._hist_items.numpy(),
-                "feedback": self._hist_feedback.numpy(),
-                "candidates": self.candidates.numpy(),
-            }
-        views = self._numpy
+        views = self._np
         window = slice(self._start, self._start + self.history_length)
         feedback = views["feedback"][:, window]
         time_left = self.users.time_left().numpy().reshape(-1, 1)
@@ -690,9 +703,9 @@ class Simulator:
             b, d, pool = self.num_users, self.item_space.dim, self._fresh
             history = pool.get(HISTORY_ITEMS, (b, self.history_length, d), np.float32)
             candidates = pool.get(CANDIDATE_ITEMS, (b, self.num_candidates, d), np.float32)
-            candidate_vectors = torch.from_numpy(candidates)
-            self._gather_vectors(torch.from_numpy(history), candidate_vectors)
-            self._affinity_from(candidate_vectors)
+            self._gather_vectors_np(history, candidates)
+            if not self._affinity_current:
+                self._compute_affinity(torch.from_numpy(candidates))
             fresh_vectors = True
         obs = {
             HISTORY_ITEMS: history,
