@@ -251,3 +251,62 @@ def affinity_of(fused, items, weighted, affinity):
             for j in range(d):
                 total += fused[row, j] * weighted[b, j]
             affinity[b, k] = np.float32(total)
+
+
+@_njit
+def gamma_round(x, u, d, c, value):
+    """One Marsaglia-Tsang round: ``value = d * (1 + c x)^3`` and whether each is accepted.
+
+    Args:
+        x: ``(m,)`` float32 standard normals; u: ``(m,)`` float32 uniforms.
+        d, c: ``shape - 1/3`` and ``1 / sqrt(9 d)``.
+        value: ``(m,)`` float32 output, the candidate draws.
+
+    Returns:
+        ``(m,)`` bool, accepted (``v > 0`` and ``log u < x^2/2 + d - d v + d log v``).
+    """
+    m = x.shape[0]
+    ok = np.empty(m, np.bool_)
+    d32 = np.float32(d)
+    c32 = np.float32(c)
+    half = np.float32(0.5)
+    for i in range(m):
+        t = np.float32(1.0) + c32 * x[i]
+        v = t * t * t
+        value[i] = d32 * v
+        if v > 0:
+            bound = half * x[i] * x[i] + d32 - d32 * v + d32 * np.float32(math.log(max(v, np.float32(1e-30))))
+            ok[i] = math.log(u[i]) < bound if u[i] > 0 else True
+        else:
+            ok[i] = False
+    return ok
+
+
+@_njit
+def mix_interest(mix, favourite, centres, noise, noise_scale, out):
+    """Interests around a mix of topic centres: ``normalize(sum_j mix_j centre_j + s * noise / sqrt(w))``.
+
+    Args:
+        mix: ``(R, k)`` float32 mixing weights (rows sum to 1).
+        favourite: ``(R, k)`` int64 topic (centre) rows.
+        centres: ``(T, w)`` float32 unit-norm centres.
+        noise: ``(R, w)`` float32 standard normals.
+        noise_scale: the noise's norm scale (``interest_noise``).
+        out: ``(R, w)`` float32 output, unit-norm rows.
+    """
+    r_count, k_count = mix.shape
+    width = centres.shape[1]
+    scale = np.float32(noise_scale)
+    root = np.float32(math.sqrt(width))
+    for r in range(r_count):
+        total = 0.0
+        for j in range(width):
+            v = np.float32(0.0)
+            for k in range(k_count):
+                v += mix[r, k] * centres[favourite[r, k], j]
+            v = v + scale * noise[r, j] / root
+            out[r, j] = v
+            total += v * v
+        norm = max(np.float32(math.sqrt(total)), np.float32(1e-12))
+        for j in range(width):
+            out[r, j] = out[r, j] / norm

@@ -232,18 +232,24 @@ def sample_gamma(concentration: float, n: int, generator: torch.Generator, devic
     while m > 0:
         x = _draws("randn", (m,), generator, device)
         u = _draws("rand", (m,), generator, device)
-        xp = _module(x)
-        t = 1 + c * x
-        v = t * t * t
-        with np.errstate(divide="ignore", invalid="ignore"):  # log(0) = -inf, as torch gives
-            ok = (v > 0) & (xp.log(u) < 0.5 * x * x + d - d * v + d * xp.log(v.clip(1e-30)))
+        if isinstance(x, np.ndarray) and kernels.enabled():
+            value = np.empty(m, np.float32)
+            ok = kernels.gamma_round(x, u, d, c, value)
+        else:
+            xp = _module(x)
+            t = 1 + c * x
+            v = t * t * t
+            with np.errstate(divide="ignore", invalid="ignore"):  # log(0) = -inf, as torch gives
+                ok = (v > 0) & (xp.log(u) < 0.5 * x * x + d - d * v + d * xp.log(v.clip(1e-30)))
+            value = d * v
         if todo is None and bool(ok.all()):
-            out = d * v  # the common case (acceptance is ~95%+): no scatter of accepted rows
+            out = value  # the common case (acceptance is ~95%+): no scatter of accepted rows
             break
         if out is None or todo is None:
-            out = np.empty(n, np.float32) if xp is np else torch.empty(n, device=device)
-            todo = np.arange(n) if xp is np else torch.arange(n, device=device)
-        out[todo[ok]] = (d * v)[ok]
+            on_cpu = isinstance(x, np.ndarray)
+            out = np.empty(n, np.float32) if on_cpu else torch.empty(n, device=device)
+            todo = np.arange(n) if on_cpu else torch.arange(n, device=device)
+        out[todo[ok]] = value[ok]
         todo = todo[~ok]
         m = len(todo)
     if out is None:  # n == 0
@@ -421,8 +427,12 @@ class MultimodalUser(UserModel):
 
         def part(centres: Any) -> Any:
             width = centres.shape[1]
-            v = (mix[:, :, None] * centres[favourite]).sum(1)
             noise = _draws("randn", (r, width), generator, dev)
+            if on_cpu and kernels.enabled():
+                out = np.empty((r, width), np.float32)
+                kernels.mix_interest(mix, favourite, centres, noise, cfg.interest_noise, out)
+                return out
+            v = (mix[:, :, None] * centres[favourite]).sum(1)
             v = v + cfg.interest_noise * noise / math.sqrt(width)
             if not on_cpu:
                 return torch.nn.functional.normalize(v, dim=-1)
