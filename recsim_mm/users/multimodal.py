@@ -346,6 +346,7 @@ class MultimodalUser(UserModel):
         # same tensors; `_shown` is the item row respond() leaves for transition().
         self._fused_step = dev.type == "cpu" and kernels.enabled()
         self._shown: np.ndarray | None = None
+        self._step_arrays: tuple = ()
         if self._fused_step:
             self._np = {name: getattr(self, name).numpy() for name in (
                 "_table", "_probe", "_weighted", "satiation", "interest", "_column_weight", "budget",
@@ -548,7 +549,10 @@ class MultimodalUser(UserModel):
             self._shown = shown
         self._watched = torch.from_numpy(watched)
         self._chosen_satiation = torch.from_numpy(chosen_satiation) if cfg.satiation_strength else None
-        return UserResponse(clicked=clicked_t, engagement=torch.from_numpy(minutes))
+        response = UserResponse(clicked=clicked_t, engagement=torch.from_numpy(minutes))
+        # What transition() reads, as numpy arrays (used if it is handed this response).
+        self._step_arrays = (response, watched, minutes, clicked_t.numpy(), chosen_satiation)
+        return response
 
     def watched_fraction(self, utility: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Fraction of an item watched if clicked: ``sigmoid(gain * (utility - midpoint) + engagement_noise * noise)``.
@@ -573,15 +577,16 @@ class MultimodalUser(UserModel):
         cfg = self.config
         if self._fused_step and self._shown is not None:
             arrays, b = self._np, self.num_users
+            kept, watched, minutes, clicked, chosen_satiation = self._step_arrays
+            if kept is not response:  # a caller passed another response: read it
+                minutes, clicked = response.engagement.numpy(), response.clicked.numpy()
             # The torch path's one draw, if it makes it: a uniform per user to quit.
             if cfg.quit_probability or cfg.boredom_rate:
                 u_quit = torch.rand(b, generator=generator).numpy()
             else:
-                u_quit = self._watched.numpy()  # not read
+                u_quit = watched  # not read
             kernels.transition(
-                arrays["_table"], self._shown, self._watched.numpy(), response.engagement.numpy(),
-                response.clicked.numpy(), self._watched.numpy() if self._chosen_satiation is None
-                else self._chosen_satiation.numpy(), u_quit, self.d_text,
+                arrays["_table"], self._shown, watched, minutes, clicked, chosen_satiation, u_quit, self.d_text,
                 cfg.satiation_decay, bool(cfg.satiation_strength), cfg.drift_rate, cfg.refund_rate, cfg.step_cost,
                 cfg.disappointment_threshold, cfg.patience, cfg.quit_probability, cfg.boredom_rate,
                 arrays["satiation"], arrays["interest"], arrays["_column_weight"], arrays["_weighted"],
