@@ -381,7 +381,8 @@ class RecEnv(gym.Env):
                 "call reset() first"
             )
         positions = check_actions(action, self._num_candidates, self._slate_size, batch=None)
-        out = self.simulator.step(torch.from_numpy(positions) if self._on_cpu else torch.from_numpy(positions).to(self.simulator.device))
+        sim = self.simulator
+        out = sim.step_array(positions) if self._on_cpu else sim.step(torch.from_numpy(positions).to(sim.device))
         # The observation first: in embeddings mode the true affinities of the new
         # candidates are computed from the vectors it gathers (`_reset_info` reads them).
         obs = self._observation()
@@ -396,7 +397,7 @@ class RecEnv(gym.Env):
             "clicked_item": out.clicked_item.item(),
         }
         if self.simulator.track_truth:
-            info["true_affinity"] = out.true_affinity.cpu().numpy()[0]
+            info["true_affinity"] = (out.true_affinity if self._on_cpu else out.true_affinity.cpu()).numpy()[0]
         info.update(self._reset_info())
         self._last = {"action": positions[0].tolist(), "reward": reward, **info}
         return obs, reward, terminated, truncated, info

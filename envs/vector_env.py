@@ -176,7 +176,7 @@ class RecVectorEnv(VectorEnv):
                 "call reset(options={'reset_mask': mask}) first"
             )
         positions = check_actions(actions, sim.num_candidates, sim.slate_size, batch=self.num_envs)
-        out = sim.step(torch.from_numpy(positions).to(sim.device))
+        out = sim.step_array(positions) if sim.device.type == "cpu" else sim.step(torch.from_numpy(positions).to(sim.device))
         reward = out.reward.cpu().numpy().astype(np.float64)
         terminated = out.terminated.cpu().numpy()
         truncated = out.truncated.cpu().numpy()

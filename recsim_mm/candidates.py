@@ -208,6 +208,7 @@ class CandidateGenerator:
             else None
         )
         self._block: torch.Tensor | None = None
+        self._block_np: Any = None  # numpy view of the block on CPU
         self._block_used = 0
 
     @property
@@ -283,13 +284,26 @@ class CandidateGenerator:
         return self._make_valid(cand, rows, generator, history)
 
     def _from_block(self, num_rows: int, generator: torch.Generator) -> torch.Tensor:
+        start = self._next_block_rows(num_rows, generator)
+        return self._block[start : start + num_rows]
+
+    def block_rows(self, num_rows: int, generator: torch.Generator) -> Any:
+        """`sample` for a generator that does not read state, on CPU: the next
+        ``(num_rows, K)`` int64 rows of the pre-drawn block as a numpy view (the same
+        rows `sample` returns, without a tensor per call)."""
+        start = self._next_block_rows(num_rows, generator)
+        return self._block_np[start : start + num_rows]
+
+    def _next_block_rows(self, num_rows: int, generator: torch.Generator) -> int:
+        """Reserve ``num_rows`` rows of the block (drawing a new block when it runs out); their start."""
         if self._block is None or self._block_used + num_rows > self._block.shape[0]:
             size = max(num_rows, _STREAM_BLOCK_ROWS)
             self._block = self._make_valid(self._draw(size, generator, None), None, generator, None)
+            self._block_np = self._block.numpy() if self._block.device.type == "cpu" else None
             self._block_used = 0
-        out = self._block[self._block_used : self._block_used + num_rows]
+        start = self._block_used
         self._block_used += num_rows
-        return out
+        return start
 
     def _draw(self, r: int, generator: torch.Generator, history: _History) -> torch.Tensor:
         """``(r, K)`` int64 candidates from the configured sources (duplicates possible

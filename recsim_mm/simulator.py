@@ -267,6 +267,7 @@ class Simulator:
         self.steps = torch.zeros(b, dtype=torch.int32, device=dev)
         self._all_rows = torch.arange(b, device=dev)
         self._row_index = np.arange(b)
+        self._on_cpu = dev.type == "cpu"
         self._ones = torch.ones(b, device=dev)
         self._checked_user_outputs = False
         # CPU: numpy views of the buffers above (same memory), made once; the CPU step
@@ -394,8 +395,8 @@ class Simulator:
             `StepOutcome`. Rows that terminated or were truncated keep stepping if
             called again; the caller resets them (`reset_rows`).
         """
-        if self.device.type == "cpu":
-            return self._step_cpu(slate_positions)
+        if self._on_cpu:
+            return self.step_array(slate_positions.numpy(), slate_positions)
         users, g = self.users, self.generator
         # Affinities of the candidates the action chooses from, before the step moves
         # the users' state (usually already computed for the observation).
@@ -430,13 +431,19 @@ class Simulator:
             true_affinity=acted_on_affinity,
         )
 
-    def _step_cpu(self, slate_positions: torch.Tensor) -> StepOutcome:
-        """`step` on CPU: the same operations, the index and compare work on numpy views
-        of the same memory (a numpy op on a few values costs a fraction of a torch op,
-        which is what a one-user step is made of)."""
+    def step_array(self, positions: np.ndarray, slate_positions: torch.Tensor | None = None) -> StepOutcome:
+        """`step` for a CPU simulator, taking the positions as a numpy array (what the
+        environments hold); the same operations, with the index and compare work on
+        numpy views of the same memory (a numpy op on a few values costs a fraction of
+        a torch op, which is what a one-user step is made of).
+
+        Args:
+            positions: ``(B, S)`` int64 candidate positions (validated by the caller).
+            slate_positions: the same as a tensor, if the caller has one (a reward
+                function receives it); made from ``positions`` when needed.
+        """
         users, g, views = self.users, self.generator, self._np
         acted_on_affinity = self.candidate_affinity
-        positions = slate_positions.numpy()
         rows = self._row_index
         if self.slate_size == 1:
             slate_np = views["candidates"][rows, positions[:, 0]][:, None]
@@ -446,6 +453,8 @@ class Simulator:
         response = users.respond(slate, g)
         if not self._checked_user_outputs:
             self._check_response(response)
+        if slate_positions is None and not isinstance(self.reward, str):
+            slate_positions = torch.from_numpy(positions)
         reward = self._reward(slate_positions, response)
         users.transition(slate, response, g)
         clicked_position = response.clicked
@@ -564,12 +573,17 @@ class Simulator:
             if rows is not None:
                 items, clicked = items[rows], clicked[rows]
         count = self.num_users if rows is None else rows.numel()
-        fresh = self.candidate_generator.sample(rows, count, items, clicked, self.generator)
+        source = self.candidate_generator
+        if self._np and isinstance(source, CandidateGenerator) and not source.reads_state:
+            fresh_np = source.block_rows(count, self.generator)  # numpy rows of a pre-drawn block
+        else:
+            fresh = source.sample(rows, count, items, clicked, self.generator)
+            fresh_np = fresh.numpy() if self._np else None
         if self._np:
             if rows is None:
-                self._np["candidates"][:] = fresh.numpy()
+                self._np["candidates"][:] = fresh_np
             else:
-                self._np["candidates"][rows.numpy()] = fresh.numpy()
+                self._np["candidates"][rows.numpy()] = fresh_np
         elif rows is None:
             self.candidates.copy_(fresh)
         else:
@@ -702,7 +716,7 @@ class Simulator:
         overwrites them (the vectors are gathered into reused buffers). On CUDA the
         tensors are copied to host memory.
         """
-        if self.device.type != "cpu":
+        if not self._on_cpu:
             return {key: value.cpu().numpy() for key, value in self.observation().items()}
         views = self._np
         window = slice(self._start, self._start + self.history_length)
