@@ -221,7 +221,12 @@ def sample_gamma(concentration: float, n: int, generator: torch.Generator, devic
     Boost for concentration < 1: ``Gamma(c) = Gamma(c + 1) * U ** (1 / c)``. On CPU the
     arithmetic runs on numpy views of the draws (`_draws`); the draws are the same.
     """
-    device = torch.device(device)
+    out = _gamma(concentration, n, generator, torch.device(device))
+    return torch.from_numpy(out) if isinstance(out, np.ndarray) else out
+
+
+def _gamma(concentration: float, n: int, generator: torch.Generator, device: torch.device) -> Any:
+    """`sample_gamma` as a numpy array on CPU (a tensor elsewhere)."""
     boost = concentration < 1
     shape = concentration + 1 if boost else concentration
     d = shape - 1.0 / 3.0
@@ -253,16 +258,22 @@ def sample_gamma(concentration: float, n: int, generator: torch.Generator, devic
         todo = todo[~ok]
         m = len(todo)
     if out is None:  # n == 0
-        out = torch.empty(0, device=device)
+        out = np.empty(0, np.float32) if device.type == "cpu" else torch.empty(0, device=device)
     if boost:
         out *= _draws("rand", (n,), generator, device) ** (1.0 / concentration)
-    return torch.from_numpy(out) if isinstance(out, np.ndarray) else out
+    return out
 
 
 def sample_beta(alpha: float, beta: float, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
     """``(n,)`` float32 Beta(alpha, beta) draws, as ``X / (X + Y)`` of two Gammas."""
-    x = sample_gamma(alpha, n, generator, device)
-    y = sample_gamma(beta, n, generator, device)
+    out = _beta(alpha, beta, n, generator, torch.device(device))
+    return torch.from_numpy(out) if isinstance(out, np.ndarray) else out
+
+
+def _beta(alpha: float, beta: float, n: int, generator: torch.Generator, device: torch.device) -> Any:
+    """`sample_beta` as a numpy array on CPU (a tensor elsewhere)."""
+    x = _gamma(alpha, n, generator, device)
+    y = _gamma(beta, n, generator, device)
     return x / (x + y)
 
 
@@ -392,6 +403,7 @@ class MultimodalUser(UserModel):
             arrays["left"][index] = False
             return
         # index_copy_ / index_fill_: one kernel each (indexed assignment dispatches far more).
+        interest, modality_weight, budget = (torch.as_tensor(x, device=dev) for x in (interest, modality_weight, budget))
         self.interest.index_copy_(0, rows, interest)
         self.modality_weight.index_copy_(0, rows, modality_weight)
         column_weight = self._column_weights(rows)
@@ -422,8 +434,7 @@ class MultimodalUser(UserModel):
         else:
             favourite = scores.topk(k, dim=1).indices
         # Dirichlet(topic_concentration) mixing weights over the favourites.
-        mix = sample_gamma(cfg.topic_concentration, r * k, generator, dev).view(r, k)
-        mix = mix.numpy() if on_cpu else mix
+        mix = _gamma(cfg.topic_concentration, r * k, generator, dev).reshape(r, k)
         mix /= mix.sum(1, keepdims=True) if on_cpu else mix.sum(1, keepdim=True)
 
         def part(centres: Any) -> Any:
@@ -442,7 +453,7 @@ class MultimodalUser(UserModel):
         parts = [part(centres_text), part(centres_image)]
         interest = np.concatenate(parts, axis=1) if on_cpu else torch.cat(parts, dim=1)
         a, b = cfg.modality_beta
-        return interest, sample_beta(a, b, r, generator, dev)
+        return interest, _beta(a, b, r, generator, dev)
 
     def _column_weights(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """``(R, d)``: ``a`` on the text columns, ``1 - a`` on the image columns."""
