@@ -33,6 +33,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from recsim_mm import kernels
 from recsim_mm.item_space import ItemSpace
 
 #: Rounds of redrawing duplicates before the exact (slower) fallback takes over.
@@ -313,6 +314,10 @@ class CandidateGenerator:
             pool = _uniform_pool(n, self.num_candidates, dev)
             pick = torch.randint(pool.shape[0], (r,), generator=generator, device=dev)
             shift = torch.randint(n, (r, 1), generator=generator, device=dev)
+            if dev.type == "cpu" and kernels.enabled():  # the same rows in one pass
+                cand = torch.empty(r, self.num_candidates, dtype=torch.long)
+                kernels.shifted_rows(pool.numpy(), pick.numpy(), shift.numpy()[:, 0], n, cand.numpy())
+                return cand
             cand = pool.index_select(0, pick).add_(shift)
             return cand.sub_(n * (cand >= n))  # mod N: both terms are below N
         cand = torch.empty(r, self.num_candidates, dtype=torch.long, device=dev)

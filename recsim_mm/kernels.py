@@ -32,6 +32,9 @@ try:  # numba is a dependency; without it (or with RECSIM_MM_KERNELS=0) the torc
     import numba
 
     _njit = numba.njit(cache=True, nogil=True)
+    # Dot products may add in any order (SIMD lanes): the result moves in the last bits
+    # only, and a given machine always computes the same value.
+    _njit_dot = numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
     AVAILABLE = os.environ.get("RECSIM_MM_KERNELS", "1") != "0"
 except ImportError:  # pragma: no cover - numba is installed with the package
     numba = None
@@ -39,6 +42,8 @@ except ImportError:  # pragma: no cover - numba is installed with the package
 
     def _njit(function):  # type: ignore[no-redef]
         return function
+
+    _njit_dot = _njit
 
 
 def enabled() -> bool:
@@ -207,33 +212,7 @@ def transition(table, shown, watched, engagement, clicked, chosen_satiation, u_q
                 left[b] = True
 
 
-@_njit
-def gather_affinity(fused, items, weighted, vectors, affinity, with_affinity):
-    """Gather item vectors and (optionally) their true affinities in one pass.
-
-    Args:
-        fused: ``(N, d)`` float32 item vectors.
-        items: ``(B, K)`` int64 item rows.
-        weighted: ``(B, d)`` float32 modality-weighted interests.
-        vectors: ``(B, K, d)`` float32 output, ``fused[items]``.
-        affinity: ``(B, K)`` float32 output, ``<weighted[b], fused[items[b, k]]>``.
-        with_affinity: False skips the affinities (``affinity`` is not written).
-    """
-    b_count, k_count = items.shape
-    d = fused.shape[1]
-    for b in range(b_count):
-        for k in range(k_count):
-            row = items[b, k]
-            total = 0.0
-            for j in range(d):
-                x = fused[row, j]
-                vectors[b, k, j] = x
-                total += x * weighted[b, j]
-            if with_affinity:
-                affinity[b, k] = np.float32(total)
-
-
-@_njit
+@_njit_dot
 def affinity_of(fused, items, weighted, affinity):
     """``affinity[b, k] = <weighted[b], fused[items[b, k], :d]>`` without writing the vectors.
 
@@ -247,10 +226,29 @@ def affinity_of(fused, items, weighted, affinity):
     for b in range(b_count):
         for k in range(k_count):
             row = items[b, k]
-            total = 0.0
+            total = np.float32(0.0)
             for j in range(d):
                 total += fused[row, j] * weighted[b, j]
-            affinity[b, k] = np.float32(total)
+            affinity[b, k] = total
+
+
+@_njit
+def shifted_rows(pool, pick, shift, num_items, out):
+    """Uniform candidate sets ``out[r] = (pool[pick[r]] + shift[r]) mod N`` in one pass.
+
+    Args:
+        pool: ``(P, K)`` int64 distinct K-tuples over ``range(N)``.
+        pick: ``(R,)`` int64 pool rows; shift: ``(R,)`` int64 shifts in ``[0, N)``.
+        num_items: ``N``.
+        out: ``(R, K)`` int64 output.
+    """
+    r_count, k_count = out.shape
+    for r in range(r_count):
+        base = pick[r]
+        s = shift[r]
+        for k in range(k_count):
+            v = pool[base, k] + s
+            out[r, k] = v - num_items if v >= num_items else v
 
 
 @_njit

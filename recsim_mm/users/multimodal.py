@@ -541,13 +541,15 @@ class MultimodalUser(UserModel):
                 clicked, minutes, watched, chosen_satiation)
             self._shown = slate_np[:, 0]
             clicked_t = torch.from_numpy(clicked)
+            clicked_np = clicked
         else:
             utility = np.empty((b, s), np.float32)
             satiation = np.empty((b, s), np.float32)
             kernels.slate_utility(arrays["_table"], slate_np, arrays["_probe"], cfg.satiation_strength,
                                   utility, satiation)
             clicked_t = self.choice.choose(torch.from_numpy(utility), generator)
-            pos = clicked_t.numpy().clip(0, None)
+            clicked_np = clicked_t.numpy()
+            pos = clicked_np.clip(0, None)
             index = np.arange(b)
             shown = slate_np[index, pos]
             chosen_utility = torch.from_numpy(utility[index, pos])
@@ -562,7 +564,7 @@ class MultimodalUser(UserModel):
         self._chosen_satiation = torch.from_numpy(chosen_satiation) if cfg.satiation_strength else None
         response = UserResponse(clicked=clicked_t, engagement=torch.from_numpy(minutes))
         # What transition() reads, as numpy arrays (used if it is handed this response).
-        self._step_arrays = (response, watched, minutes, clicked_t.numpy(), chosen_satiation)
+        self._step_arrays = (response, watched, minutes, clicked_np, chosen_satiation)
         return response
 
     def watched_fraction(self, utility: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
