@@ -223,12 +223,15 @@ def affinity_of(fused, items, weighted, affinity):
     """
     b_count, k_count = items.shape
     d = weighted.shape[1]
+    interest = np.empty(d, np.float32)  # the user's row, contiguous: the dot products vectorise
     for b in range(b_count):
+        for j in range(d):
+            interest[j] = weighted[b, j]
         for k in range(k_count):
             row = items[b, k]
             total = np.float32(0.0)
             for j in range(d):
-                total += fused[row, j] * weighted[b, j]
+                total += fused[row, j] * interest[j]
             affinity[b, k] = total
 
 
@@ -308,3 +311,38 @@ def mix_interest(mix, favourite, centres, noise, noise_scale, out):
         norm = max(np.float32(math.sqrt(total)), np.float32(1e-12))
         for j in range(width):
             out[r, j] = out[r, j] / norm
+
+
+@_njit
+def write_users(rows, interest, modality_weight, budget, text_width,
+                interest_out, modality_out, column_out, weighted_out, satiation_out, budget_out,
+                disappointments_out, left_out):
+    """Put fresh users into ``rows`` of the state arrays, one pass per user.
+
+    Args:
+        rows: ``(R,)`` int64 user rows.
+        interest: ``(R, d)`` float32 unit-norm [text | image] interests.
+        modality_weight: ``(R,)`` float32 text weight ``a``.
+        budget: ``(R,)`` float32 minutes.
+        text_width: text columns (weighted by ``a``; the rest by ``1 - a``).
+        interest_out, column_out, weighted_out, satiation_out: ``(B, d)`` float32 state
+            (interest, per-column modality weight, their product, satiation zeroed).
+        modality_out, budget_out, disappointments_out: ``(B,)`` float32 state.
+        left_out: ``(B,)`` bool state (cleared).
+    """
+    d = interest.shape[1]
+    for i in range(rows.shape[0]):
+        b = rows[i]
+        a = modality_weight[i]
+        rest = np.float32(1.0) - a
+        modality_out[b] = a
+        for j in range(d):
+            w = a if j < text_width else rest
+            x = interest[i, j]
+            interest_out[b, j] = x
+            column_out[b, j] = w
+            weighted_out[b, j] = x * w
+            satiation_out[b, j] = np.float32(0.0)
+        budget_out[b] = budget[i]
+        disappointments_out[b] = np.float32(0.0)
+        left_out[b] = False

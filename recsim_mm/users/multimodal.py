@@ -362,7 +362,6 @@ class MultimodalUser(UserModel):
             self._np = {name: getattr(self, name).numpy() for name in (
                 "_table", "_probe", "_weighted", "satiation", "interest", "_column_weight", "budget",
                 "disappointments", "left", "modality_weight")}
-            self._text_columns = np.arange(d) < self.d_text
 
     @staticmethod
     def _topic_centres(space: ItemSpace) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
@@ -390,17 +389,12 @@ class MultimodalUser(UserModel):
         if self._fused_step:
             # The same writes on numpy views (an indexed numpy write costs a fraction of
             # a torch one for a few rows).
-            arrays, index = self._np, rows.numpy()
-            interest, modality_weight = np.asarray(interest), np.asarray(modality_weight)
-            column_weight = np.where(self._text_columns, modality_weight[:, None], 1 - modality_weight[:, None])
-            arrays["interest"][index] = interest
-            arrays["modality_weight"][index] = modality_weight
-            arrays["_column_weight"][index] = column_weight
-            arrays["_weighted"][index] = interest * column_weight
-            arrays["satiation"][index] = 0
-            arrays["budget"][index] = budget
-            arrays["disappointments"][index] = 0
-            arrays["left"][index] = False
+            arrays = self._np
+            kernels.write_users(
+                rows.numpy(), np.asarray(interest, np.float32), np.asarray(modality_weight, np.float32),
+                np.asarray(budget, np.float32), self.d_text, arrays["interest"], arrays["modality_weight"],
+                arrays["_column_weight"], arrays["_weighted"], arrays["satiation"], arrays["budget"],
+                arrays["disappointments"], arrays["left"])
             return
         # index_copy_ / index_fill_: one kernel each (indexed assignment dispatches far more).
         interest, modality_weight, budget = (torch.as_tensor(x, device=dev) for x in (interest, modality_weight, budget))
