@@ -1,0 +1,109 @@
+"""The fused CPU kernels (recsim_mm/kernels.py) against the torch path they replace.
+
+The default user's step, fresh-user draws and candidate sets run as numba kernels on
+CPU; the torch path runs on CUDA and with ``RECSIM_MM_KERNELS=0``. Both must give the
+same trajectory for the same seed: the same discrete outcomes (clicks, items, episode
+ends) and the same floats up to last-bit rounding (the checksums of
+tests/test_trajectory_pin.py, relative tolerance 1e-6). The cases cover every branch
+of the fused step: the one-item logit kernel, slates and the cascade model (utility
+kernel, torch choice), quits and boredom (Satiation), drift and budgets
+(InterestEvolution).
+"""
+
+from __future__ import annotations
+
+import gymnasium
+import numpy as np
+import pytest
+
+import envs  # noqa: F401  (registers the ids)
+from recsim_mm import kernels
+from tests.test_trajectory_pin import (
+    NUM_ENVS,
+    SEED,
+    STEPS,
+    _item_space,
+    _Trace,
+    single_env_trace,
+    vector_env_trace,
+)
+
+
+def slate_trace(env_id: str, **options) -> tuple:
+    """`vector_env_trace` for a slate env: fixed random slates of distinct positions."""
+    env = gymnasium.make_vec(
+        env_id, num_envs=NUM_ENVS, vectorization_mode="vector_entry_point", item_space=_item_space(), **options
+    )
+    k, s = env.unwrapped.simulator.num_candidates, env.unwrapped.simulator.slate_size
+    rng = np.random.default_rng(99)
+    trace = _Trace()
+    obs, info = env.reset(seed=SEED)
+    trace.observation(obs, False)
+    for _ in range(STEPS):
+        actions = np.argsort(rng.random((NUM_ENVS, k)), axis=1)[:, :s]
+        obs, reward, terminated, truncated, info = env.step(actions)
+        trace.observation(obs, False)
+        trace.add("reward", reward, False)
+        trace.add("terminated", terminated, True)
+        trace.add("truncated", truncated, True)
+        trace.info(info)
+    return trace.digests()
+
+
+CASES = {
+    "interest_evolution": ("recsim_mm/InterestEvolution-v0", {}),
+    "satiation_quits_and_boredom": ("recsim_mm/Satiation-v0", {}),
+    "cascade": ("recsim_mm/InterestEvolution-v0", {"user_params": {"choice_model": "cascade"}}),
+    "ids_no_truth": ("recsim_mm/Myopic-v0", {"obs_mode": "ids", "track_truth": False}),
+}
+
+
+def _traces(trace, monkeypatch, env_id: str, options: dict) -> tuple:
+    fused = trace(env_id, **options)
+    monkeypatch.setattr(kernels, "AVAILABLE", False)
+    reference = trace(env_id, **options)
+    monkeypatch.setattr(kernels, "AVAILABLE", True)
+    return fused, reference
+
+
+@pytest.mark.skipif(not kernels.AVAILABLE, reason="numba kernels disabled (RECSIM_MM_KERNELS=0)")
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_kernel_and_torch_paths_give_the_same_vector_trajectory(case, monkeypatch):
+    env_id, options = CASES[case]
+    (discrete, full), (ref_discrete, ref_full) = _traces(vector_env_trace, monkeypatch, env_id, options)
+    assert discrete == ref_discrete, "clicks, items or episode ends differ between the kernel and torch paths"
+    np.testing.assert_allclose(full, ref_full, rtol=1e-6, atol=0)
+
+
+@pytest.mark.skipif(not kernels.AVAILABLE, reason="numba kernels disabled (RECSIM_MM_KERNELS=0)")
+@pytest.mark.parametrize("env_id", ["recsim_mm/InterestEvolutionSlate-v0", "recsim_mm/SatiationSlate-v0"])
+def test_kernel_and_torch_paths_give_the_same_slate_trajectory(env_id, monkeypatch):
+    (discrete, full), (ref_discrete, ref_full) = _traces(slate_trace, monkeypatch, env_id, {})
+    assert discrete == ref_discrete
+    np.testing.assert_allclose(full, ref_full, rtol=1e-6, atol=0)
+
+
+@pytest.mark.skipif(not kernels.AVAILABLE, reason="numba kernels disabled (RECSIM_MM_KERNELS=0)")
+def test_kernel_and_torch_paths_give_the_same_single_env_trajectory(monkeypatch):
+    (discrete, full), (ref_discrete, ref_full) = _traces(
+        single_env_trace, monkeypatch, "recsim_mm/Satiation-v0", {})
+    assert discrete == ref_discrete
+    np.testing.assert_allclose(full, ref_full, rtol=1e-6, atol=0)
+
+
+@pytest.mark.skipif(not kernels.AVAILABLE, reason="numba kernels disabled (RECSIM_MM_KERNELS=0)")
+def test_default_cpu_environments_run_the_fused_step():
+    env = gymnasium.make("recsim_mm/InterestEvolution-v0", item_space=_item_space())
+    assert env.unwrapped.simulator.users._fused_step
+    vec = gymnasium.make_vec("recsim_mm/Satiation-v0", num_envs=4, vectorization_mode="vector_entry_point",
+                             item_space=_item_space(), device="cpu")
+    assert vec.unwrapped.simulator.users._fused_step
+
+
+def test_disabled_kernels_leave_the_torch_step(monkeypatch):
+    monkeypatch.setattr(kernels, "AVAILABLE", False)
+    env = gymnasium.make("recsim_mm/InterestEvolution-v0", item_space=_item_space())
+    assert not env.unwrapped.simulator.users._fused_step
+    env.reset(seed=0)
+    _, reward, *_ = env.step(0)
+    assert np.isfinite(reward)
