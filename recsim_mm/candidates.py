@@ -288,6 +288,12 @@ class CandidateGenerator:
         start = self._next_block_rows(num_rows, generator)
         return self._block[start : start + num_rows]
 
+    @property
+    def streams_blocks(self) -> bool:
+        """Whether `sample` is this class's own and hands out rows of pre-drawn blocks
+        (then `block_rows` gives the same rows); False for a subclass with its own `sample`."""
+        return type(self).sample is CandidateGenerator.sample and not self.reads_state
+
     def block_rows(self, num_rows: int, generator: torch.Generator) -> Any:
         """`sample` for a generator that does not read state, on CPU: the next
         ``(num_rows, K)`` int64 rows of the pre-drawn block as a numpy view (the same

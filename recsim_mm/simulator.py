@@ -574,7 +574,7 @@ class Simulator:
                 items, clicked = items[rows], clicked[rows]
         count = self.num_users if rows is None else rows.numel()
         source = self.candidate_generator
-        if self._np and isinstance(source, CandidateGenerator) and not source.reads_state:
+        if self._np and isinstance(source, CandidateGenerator) and source.streams_blocks:
             fresh_np = source.block_rows(count, self.generator)  # numpy rows of a pre-drawn block
         else:
             fresh = source.sample(rows, count, items, clicked, self.generator)

@@ -355,13 +355,27 @@ class MultimodalUser(UserModel):
         self._noise_nodes = torch.logit((torch.arange(_NOISE_NODES) + 0.5) / _NOISE_NODES)
         # CPU: the step runs as fused kernels (recsim_mm.kernels) on numpy views of these
         # same tensors; `_shown` is the item row respond() leaves for transition().
-        self._fused_step = dev.type == "cpu" and kernels.enabled()
+        self._fused_step = dev.type == "cpu" and kernels.enabled() and self._own_dynamics()
         self._shown: np.ndarray | None = None
         self._step_arrays: tuple = ()
         if self._fused_step:
             self._np = {name: getattr(self, name).numpy() for name in (
                 "_table", "_probe", "_weighted", "satiation", "interest", "_column_weight", "budget",
                 "disappointments", "left", "modality_weight")}
+
+    #: The methods whose formulas the CPU kernels compute; a subclass that overrides
+    #: any of them keeps the torch step, which calls them.
+    _KERNEL_FORMULAS = ("respond", "transition", "watched_fraction", "_utility_and_satiation", "_utility",
+                        "utility", "affinity", "done", "sample", "_draw_from_topics", "_column_weights",
+                        "_normalise_parts")
+
+    def _own_dynamics(self) -> bool:
+        """Whether this class computes the step with `MultimodalUser`'s own formulas."""
+        return all(getattr(type(self), name) is getattr(MultimodalUser, name) for name in self._KERNEL_FORMULAS)
+
+    def _fused(self) -> bool:
+        """Whether this step runs the CPU kernels (no formula replaced on the instance either)."""
+        return self._fused_step and not any(name in vars(self) for name in self._KERNEL_FORMULAS)
 
     @staticmethod
     def _topic_centres(space: ItemSpace) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
@@ -492,7 +506,7 @@ class MultimodalUser(UserModel):
         return utility - self.config.satiation_strength * satiation, satiation
 
     def respond(self, slate: torch.Tensor, generator: torch.Generator) -> UserResponse:
-        if self._fused_step:
+        if self._fused():
             return self._respond_fused(slate, generator)
         d = self.dim
         rows = self._gather(slate)  # (B, S, d + 2)
