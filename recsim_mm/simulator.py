@@ -32,6 +32,7 @@ state stays small (the history holds ``(B, 2H)`` rows, not ``(B, 2H, d)`` vector
 from __future__ import annotations
 
 import inspect
+import math
 import sys
 from collections.abc import Callable
 from typing import NamedTuple
@@ -85,10 +86,13 @@ class FreshArrays:
     Args:
         size: arrays kept per key; when all are held by the caller, new arrays are
             allocated (and not kept).
+        small_bytes: arrays smaller than this are always allocated new (a one-user
+            observation: reuse would cost more than it saves).
     """
 
-    def __init__(self, size: int = _POOL_SIZE) -> None:
+    def __init__(self, size: int = _POOL_SIZE, small_bytes: int = 64 * 1024) -> None:
         self.size = size
+        self.small_bytes = small_bytes
         self._arrays: dict[str, list[np.ndarray]] = {}
         # The count of an array only a list holds, measured the way `get` measures it
         # (interpreters differ in the temporary references a call adds).
@@ -100,7 +104,12 @@ class FreshArrays:
         return sys.getrefcount(arrays[i])
 
     def get(self, key: str, shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
-        """An uninitialised ``shape`` ``dtype`` array no one else references (see the class)."""
+        """An uninitialised ``shape`` ``dtype`` array no one else references (see the class).
+
+        Arrays under ``small_bytes`` are always new: malloc serves them from the heap
+        without a page fault, and a new one costs less than looking for a free one."""
+        if math.prod(shape) * np.dtype(dtype).itemsize < self.small_bytes:
+            return np.empty(shape, dtype)
         arrays = self._arrays.setdefault(key, [])
         for i in range(len(arrays)):
             # Any reference beyond the list's own is a holder.
@@ -113,6 +122,8 @@ class FreshArrays:
 
     def copy(self, key: str, value: np.ndarray) -> np.ndarray:
         """``value`` copied into an array from `get` (one write)."""
+        if value.nbytes < self.small_bytes:
+            return value.copy()
         out = self.get(key, value.shape, value.dtype)
         np.copyto(out, value)
         return out
@@ -274,6 +285,8 @@ class Simulator:
         # and observation index and copy through them (numpy's per-call cost is a
         # fraction of torch's, which is what a step of a few users is made of).
         self._np: dict[str, np.ndarray] = {}
+        self._numpy_key: torch.Tensor | None = None
+        self._numpy_value: np.ndarray | None = None
         if dev.type == "cpu":
             self._np = {
                 "hist_items": self._hist_items.numpy(),
@@ -639,6 +652,13 @@ class Simulator:
         torch.index_select(self._vector_table, 0, self._hist_rows[:, window].reshape(-1), out=history.view(-1, d))
         torch.index_select(self._fused, 0, self.candidates.view(-1), out=candidates.view(-1, d))
 
+    def _numpy_of(self, tensor: torch.Tensor) -> np.ndarray:
+        """``tensor.numpy()``, remembered for the last tensor asked for (a user model's
+        state tensor is the same object every step; ``.numpy()`` costs a few us)."""
+        if tensor is not self._numpy_key:
+            self._numpy_key, self._numpy_value = tensor, tensor.numpy()
+        return self._numpy_value
+
     def _gather_vectors_np(self, history: np.ndarray, candidates: np.ndarray) -> None:
         """`_gather_vectors` on CPU into numpy arrays: numpy's take, the same copy for a
         fraction of the dispatch (``mode="clip"``: rows are valid, and the default
@@ -721,7 +741,7 @@ class Simulator:
         views = self._np
         window = slice(self._start, self._start + self.history_length)
         feedback = views["feedback"][:, window]
-        time_left = self.users.time_left().numpy().reshape(-1, 1)
+        time_left = self._numpy_of(self.users.time_left()).reshape(-1, 1)
         fresh_vectors = False
         if self.obs_mode == "ids":
             history, candidates = views["hist_items"][:, window], views["candidates"]
@@ -735,7 +755,9 @@ class Simulator:
             candidates = pool.get(CANDIDATE_ITEMS, (b, self.num_candidates, d), np.float32)
             self._gather_vectors_np(history, candidates)
             if not self._affinity_current:
-                self._compute_affinity(torch.from_numpy(candidates))
+                # The fused user's kernel reads the (cache-resident) table, not these vectors.
+                fused_user = getattr(self.users, "_fused_step", False)
+                self._compute_affinity(None if fused_user else torch.from_numpy(candidates))
             fresh_vectors = True
         obs = {
             HISTORY_ITEMS: history,

@@ -33,8 +33,18 @@ def _sim(space, users=6, **kwargs):
     return Simulator(space, InterestEvolutionUser(space, users), num_candidates=5, history_length=3, **kwargs)
 
 
+def test_fresh_arrays_allocates_small_arrays_new():
+    pool = FreshArrays(small_bytes=1024)
+    small = pool.get("x", (4, 3), np.float32)
+    assert not pool._arrays.get("x")  # not kept: the caller owns it alone
+    assert pool.get("y", (1024,), np.float32).nbytes >= 1024 and len(pool._arrays["y"]) == 1
+    value = np.arange(3.0)
+    copied = pool.copy("z", value)
+    assert np.array_equal(copied, value) and copied is not value and small.shape == (4, 3)
+
+
 def test_fresh_arrays_reuses_an_array_only_once_the_caller_holds_no_reference():
-    pool = FreshArrays()
+    pool = FreshArrays(small_bytes=0)  # pool even tiny arrays (the default allocates those new)
     first = pool.get("x", (4, 3), np.float32)
     address = first.ctypes.data
     assert pool.get("x", (4, 3), np.float32) is not first  # held by `first`
@@ -59,6 +69,7 @@ def test_a_kept_vector_observation_is_never_written_and_a_dropped_one_is_reused(
         "recsim_mm/InterestEvolution-v0", num_envs=8, vectorization_mode="vector_entry_point", device="cpu",
         item_space=ItemSpace.random(60, d_text=4, d_image=4, num_topics=3, seed=1),
     )
+    env.unwrapped.simulator._fresh.small_bytes = 0  # these observations are tiny: pool them anyway
     kept, _ = env.reset(seed=2)
     snapshot = {key: value.copy() for key, value in kept.items()}
     actions = np.zeros(8, dtype=np.int64)
