@@ -375,7 +375,7 @@ class MultimodalUser(UserModel):
 
     def _fused(self) -> bool:
         """Whether this step runs the CPU kernels (no formula replaced on the instance either)."""
-        return self._fused_step and not any(name in vars(self) for name in self._KERNEL_FORMULAS)
+        return self._fused_step and vars(self).keys().isdisjoint(self._KERNEL_FORMULAS)
 
     @staticmethod
     def _topic_centres(space: ItemSpace) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
