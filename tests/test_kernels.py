@@ -107,3 +107,30 @@ def test_disabled_kernels_leave_the_torch_step(monkeypatch):
     env.reset(seed=0)
     _, reward, *_ = env.step(0)
     assert np.isfinite(reward)
+
+
+def test_fresh_user_draws_as_tensors_match_the_numpy_path(monkeypatch):
+    """The tensor branch of the fresh-user samplers (what CUDA runs) gives the users the
+    numpy branch gives on CPU from the same draws (checked here on CPU by handing the
+    samplers tensors, as `_draws` does on CUDA)."""
+    import torch
+
+    from recsim_mm.users import InterestEvolutionUser, multimodal
+
+    space = _item_space()
+    rows = torch.arange(0, 64, 3)
+
+    def drawn(tensor_draws: bool) -> dict:
+        monkeypatch.setattr(kernels, "AVAILABLE", tensor_draws is False and kernels.AVAILABLE)
+        if tensor_draws:
+            monkeypatch.setattr(multimodal, "_draws", lambda kind, shape, g, dev: (
+                torch.rand if kind == "rand" else torch.randn)(shape, generator=g, device=dev))
+        users = InterestEvolutionUser(space, 64, torch.device("cpu"))
+        users.sample(rows, torch.Generator().manual_seed(5))
+        monkeypatch.undo()
+        return {name: getattr(users, name).clone() for name in ("interest", "modality_weight", "budget", "_weighted")}
+
+    numpy_path, tensor_path = drawn(False), drawn(True)
+    for name in numpy_path:
+        torch.testing.assert_close(tensor_path[name], numpy_path[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert bool((numpy_path["budget"][rows] > 0).all())
