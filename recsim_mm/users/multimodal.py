@@ -200,12 +200,35 @@ class MultimodalUserConfig:
         return dataclasses.replace(base, **params)
 
 
+#: Reused CPU buffers of small draws, ``(kind, shape) -> (tensor, numpy view)`` (see `_draws`).
+_DRAW_BUFFERS: dict[tuple[str, tuple[int, ...]], tuple[torch.Tensor, np.ndarray]] = {}
+#: Draws of at most this many values reuse a buffer (a one-user step or reset).
+_SMALL_DRAW = 256
+
+
 def _draws(kind: str, shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> Any:
     """``torch.rand`` (``kind="rand"``) or ``torch.randn`` draws from ``generator``; on CPU as a
     numpy view of them (the arithmetic on a few values then costs numpy's dispatch, not
-    torch's: what the reset of one user is made of), elsewhere the tensor itself."""
-    t = (torch.rand if kind == "rand" else torch.randn)(shape, generator=generator, device=device)
-    return t.numpy() if device.type == "cpu" else t
+    torch's: what the reset of one user is made of), elsewhere the tensor itself.
+
+    On CPU a small draw fills a reused buffer in place (``uniform_`` / ``normal_``: the
+    same values as ``torch.rand`` / ``torch.randn``, a third of the cost): the array is
+    valid until the next draw of the same kind and shape, so callers use it at once.
+    """
+    if device.type != "cpu":
+        return (torch.rand if kind == "rand" else torch.randn)(shape, generator=generator, device=device)
+    if math.prod(shape) > _SMALL_DRAW:
+        return (torch.rand if kind == "rand" else torch.randn)(shape, generator=generator).numpy()
+    key = (kind, shape)
+    if key not in _DRAW_BUFFERS:
+        tensor = torch.empty(shape)
+        _DRAW_BUFFERS[key] = (tensor, tensor.numpy())
+    tensor, array = _DRAW_BUFFERS[key]
+    if kind == "rand":
+        tensor.uniform_(generator=generator)
+    else:
+        tensor.normal_(generator=generator)
+    return array
 
 
 def _module(x: Any) -> Any:
@@ -540,7 +563,7 @@ class MultimodalUser(UserModel):
         chosen_satiation = np.empty(b, np.float32)
         if s == 1 and type(self.choice) is MultinomialLogit:
             # Draws as the torch path: the choice's uniforms, then the watched noise's.
-            uniforms = torch.rand(2, b, generator=generator).numpy()
+            uniforms = _draws("rand", (2, b), generator, self.device)
             clicked = np.empty(b, np.int64)
             kernels.respond_single(
                 arrays["_table"], slate_np, arrays["_probe"], arrays["budget"], uniforms[0], uniforms[1],
@@ -603,7 +626,7 @@ class MultimodalUser(UserModel):
                 minutes, clicked = response.engagement.numpy(), response.clicked.numpy()
             # The torch path's one draw, if it makes it: a uniform per user to quit.
             if cfg.quit_probability or cfg.boredom_rate:
-                u_quit = torch.rand(b, generator=generator).numpy()
+                u_quit = _draws("rand", (b,), generator, self.device)
             else:
                 u_quit = watched  # not read
             kernels.transition(
