@@ -57,6 +57,20 @@ def _sigmoid(x):
 
 
 @_njit
+def _item_utility(table, row, probe, b, strength):
+    """User ``b``'s ``(utility, satiation)`` of item ``row``: one pass over the table row
+    with both probe rows (see `slate_utility`)."""
+    score = 0.0
+    sat = 0.0
+    for j in range(table.shape[1]):
+        x = table[row, j]
+        score += x * probe[b, 0, j]
+        sat += x * probe[b, 1, j]
+    sat32 = max(np.float32(sat), np.float32(0.0))
+    return np.float32(score) - strength * sat32, sat32
+
+
+@_njit
 def slate_utility(table, slate, probe, satiation_strength, utility, satiation):
     """Utility and satiation of every slate item, from gathered table rows.
 
@@ -70,20 +84,10 @@ def slate_utility(table, slate, probe, satiation_strength, utility, satiation):
         satiation: ``(B, S)`` float32 output: ``max(<memory, x>, 0)``.
     """
     b_count, s_count = slate.shape
-    width = table.shape[1]
     strength = np.float32(satiation_strength)
     for b in range(b_count):
         for s in range(s_count):
-            row = slate[b, s]
-            score = 0.0
-            sat = 0.0
-            for j in range(width):
-                x = table[row, j]
-                score += x * probe[b, 0, j]
-                sat += x * probe[b, 1, j]
-            sat32 = max(np.float32(sat), np.float32(0.0))
-            satiation[b, s] = sat32
-            utility[b, s] = np.float32(score) - strength * sat32
+            utility[b, s], satiation[b, s] = _item_utility(table, slate[b, s], probe, b, strength)
 
 
 @_njit
@@ -121,14 +125,7 @@ def respond_single(table, slate, probe, budget, u_choice, u_watch, satiation_str
     eps = np.float32(1e-6)
     for b in range(b_count):
         row = slate[b, 0]
-        score = 0.0
-        sat = 0.0
-        for j in range(width):
-            x = table[row, j]
-            score += x * probe[b, 0, j]
-            sat += x * probe[b, 1, j]
-        sat32 = max(np.float32(sat), np.float32(0.0))
-        utility = np.float32(score) - strength * sat32
+        utility, sat32 = _item_utility(table, row, probe, b, strength)
         chosen_satiation[b] = sat32
         p = _sigmoid((utility - u0) * inv_t)
         click = u_choice[b] < p

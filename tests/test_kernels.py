@@ -20,10 +20,8 @@ import envs  # noqa: F401  (registers the ids)
 from recsim_mm import kernels
 from tests.test_trajectory_pin import (
     NUM_ENVS,
-    SEED,
     STEPS,
     _item_space,
-    _Trace,
     single_env_trace,
     vector_env_trace,
 )
@@ -31,23 +29,10 @@ from tests.test_trajectory_pin import (
 
 def slate_trace(env_id: str, **options) -> tuple:
     """`vector_env_trace` for a slate env: fixed random slates of distinct positions."""
-    env = gymnasium.make_vec(
-        env_id, num_envs=NUM_ENVS, vectorization_mode="vector_entry_point", item_space=_item_space(), **options
-    )
+    env = gymnasium.make(env_id, item_space=_item_space())
     k, s = env.unwrapped.simulator.num_candidates, env.unwrapped.simulator.slate_size
-    rng = np.random.default_rng(99)
-    trace = _Trace()
-    obs, info = env.reset(seed=SEED)
-    trace.observation(obs, False)
-    for _ in range(STEPS):
-        actions = np.argsort(rng.random((NUM_ENVS, k)), axis=1)[:, :s]
-        obs, reward, terminated, truncated, info = env.step(actions)
-        trace.observation(obs, False)
-        trace.add("reward", reward, False)
-        trace.add("terminated", terminated, True)
-        trace.add("truncated", truncated, True)
-        trace.info(info)
-    return trace.digests()
+    slates = np.argsort(np.random.default_rng(99).random((STEPS, NUM_ENVS, k)), axis=2)[:, :, :s]
+    return vector_env_trace(env_id, actions=slates, **options)
 
 
 CASES = {

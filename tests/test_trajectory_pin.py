@@ -117,13 +117,15 @@ def single_env_trace(env_id: str, **options: Any) -> tuple[str, tuple[float, flo
     return trace.digests()
 
 
-def vector_env_trace(env_id: str, **options: Any) -> tuple[str, tuple[float, float]]:
-    """Hashes of STEPS steps of ``make_vec(env_id, NUM_ENVS)`` under fixed random actions."""
+def vector_env_trace(env_id: str, actions: np.ndarray | None = None, **options: Any) -> tuple[str, tuple[float, float]]:
+    """Hashes of STEPS steps of ``make_vec(env_id, NUM_ENVS)`` under fixed random actions
+    (``actions``: ``(STEPS, NUM_ENVS, ...)`` given ones instead, e.g. slates)."""
     env = gymnasium.make_vec(
         env_id, num_envs=NUM_ENVS, vectorization_mode="vector_entry_point", item_space=_item_space(), **options
     )
-    k = int(env.single_action_space.n)
-    actions = np.random.default_rng(99).integers(k, size=(STEPS, NUM_ENVS))
+    if actions is None:
+        k = int(env.single_action_space.n)
+        actions = np.random.default_rng(99).integers(k, size=(STEPS, NUM_ENVS))
     ids_mode = options.get("obs_mode") == "ids"
     trace = _Trace()
     obs, info = env.reset(seed=SEED)
