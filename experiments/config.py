@@ -297,7 +297,7 @@ class EvalConfig:
     fairness: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
 
 
-#: Where stage units run: in this process, or as Ray tasks (docs/scaling.md).
+#: Where stage units run: on this machine (``jobs`` processes), or as Ray tasks (docs/scaling.md).
 EXECUTORS = ("local", "ray")
 EXPERIMENTS = ("recommendation", "platforms", "creators")
 #: Strategies of each ecosystem experiment (`experiments.ecosystem`); the first is the reference.
@@ -385,8 +385,13 @@ class ExperimentConfig:
             ecosystem experiments (`experiments.ecosystem`) use ``seeds``, ``catalog``,
             ``encoders``, ``user_model``, ``eval.seed_offset`` and the ``ecosystem`` section.
         ecosystem: the ecosystem experiments' settings (`EcosystemSection`).
-        executor: ``"local"`` (every unit in this process, one after another; Ray is
+        executor: ``"local"`` (units run on this machine, ``jobs`` at a time; Ray is
             not imported) or ``"ray"`` (stages 3-5's units as Ray tasks, see ``ray``).
+        jobs: with ``executor=local``, stage units run at the same time, each in its
+            own worker process (`experiments.executor.ProcessExecutor`); 1: every
+            unit in this process, one after another. None (default): as many as the
+            cores hold at ``threads`` threads each on CPU (2 on a 2-core machine), 1
+            on CUDA (`experiments.executor.default_jobs`). Results do not depend on it.
         ray: the Ray cluster and per-task resources (`RayConfig`).
     """
 
@@ -417,6 +422,7 @@ class ExperimentConfig:
     experiment: str = "recommendation"
     ecosystem: EcosystemSection = field(default_factory=EcosystemSection)
     executor: str = "local"
+    jobs: int | None = None
     ray: RayConfig = field(default_factory=RayConfig)
 
 
@@ -750,6 +756,8 @@ def validate(config: ExperimentConfig) -> None:
     _require(c.ecosystem.creator_reward in CREATOR_REWARDS, "ecosystem.creator_reward", c.ecosystem.creator_reward,
              f"one of {list(CREATOR_REWARDS)}")
     _require(c.executor in EXECUTORS, "executor", c.executor, f"one of {list(EXECUTORS)}")
+    _require(c.jobs is None or c.jobs >= 1, "jobs", c.jobs,
+             "null (from the machine's cores) or an integer >= 1 (1: every unit in this process)")
     _require(c.ray.address is None or bool(c.ray.address.strip()), "ray.address", c.ray.address,
              "null (a local Ray instance), 'auto', 'host:port' or 'ray://host:port'")
     _require(c.ray.num_cpus is None or c.ray.num_cpus >= 1, "ray.num_cpus", c.ray.num_cpus,

@@ -18,11 +18,19 @@ code in both cases, so a unit computes the same thing wherever it runs:
    it for a finished stage; where the lock is not effective (see `recsim_mm.files`),
    the rename publishes one whole result and the other process reuses it.
 
-`LocalExecutor` calls `run_unit` at once, in order (today's single-process run; Ray is
-never imported). `RayExecutor` submits it as a ``ray.remote`` task with the unit's
-CPU/GPU request and ``max_retries`` (a worker that dies is replaced and the unit re-run:
-an agent resumes from its checkpoint), and `RayExecutor.wait` collects the results as
-tasks finish. Ray is imported only by `RayExecutor`.
+`LocalExecutor` calls `run_unit` at once, in order (``jobs=1``: the whole run in one
+process). `ProcessExecutor` (``executor=local`` with ``jobs`` > 1, the default on a
+machine with two or more cores) hands it to a pool of worker processes on this machine,
+so independent units (the seeds of a stage, the evaluations) use every core; the
+standard library's `concurrent.futures`, Ray is never imported. `RayExecutor` submits
+it as a ``ray.remote`` task with the unit's CPU/GPU request and ``max_retries`` (a
+worker that dies is replaced and the unit re-run: an agent resumes from its
+checkpoint), and `RayExecutor.wait` collects the results as tasks finish. Ray is
+imported only by `RayExecutor`.
+
+A unit computes the same thing under every executor (it seeds itself, reads its
+inputs from its arguments and writes only its stage folder), so ``metrics.csv`` is
+byte-identical whichever ran it (tests/test_experiments.py, tests/test_ray.py).
 """
 
 from __future__ import annotations
@@ -114,7 +122,7 @@ class Future:
 
 
 class LocalExecutor:
-    """Runs every unit in this process, at submission, in order: the default executor."""
+    """Runs every unit in this process, at submission, in order (``executor=local jobs=1``)."""
 
     #: Units run in the driver, so they may report progress to its progress bars.
     inline = True
@@ -134,6 +142,93 @@ class LocalExecutor:
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+class ProcessExecutor:
+    """Runs units in ``jobs`` worker processes on this machine (``executor=local``, ``jobs`` > 1).
+
+    A `concurrent.futures.ProcessPoolExecutor` with the ``spawn`` start method (a fork
+    of a process that has started torch's thread pools or CUDA can hang); each worker
+    imports the package once and then runs unit after unit, each with ``threads``
+    torch threads. Units travel by pickle (they are ``functools.partial`` of module
+    functions with plain inputs, as for Ray); the workers inherit ``sys.path``, so a
+    user model named by module path imports there too.
+
+    Args:
+        jobs: worker processes, >= 2 (one per core at one torch thread each is the
+            default, `default_jobs`).
+        threads: torch CPU threads per unit; None leaves torch's default.
+    """
+
+    inline = False
+
+    def __init__(self, jobs: int, threads: int | None = None):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        if jobs < 2:
+            raise ValueError(f"ProcessExecutor needs jobs >= 2 (got {jobs}); use LocalExecutor for one")
+        self.jobs, self.threads = jobs, threads
+        self.pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+
+    def describe(self) -> str:
+        """One line: how many worker processes, with how many torch threads each."""
+        threads = "torch's default" if self.threads is None else self.threads
+        return f"{self.jobs} worker processes on this machine, {threads} torch thread(s) each"
+
+    def submit(self, stage_dir: Path, depends_on: dict, unit: Callable[[Path], dict], resumable: bool = False):
+        """Queue `run_unit` on the pool; returns its `concurrent.futures.Future`."""
+        return self.pool.submit(run_unit, stage_dir, depends_on, unit, resumable, self.threads)
+
+    def wait(self, futures: Sequence[Any], on_result: Callable[[int, dict], None]) -> None:
+        """Call ``on_result(i, result)`` as each unit finishes (any order).
+
+        Raises:
+            the unit's own exception (its worker's traceback chained as the cause), or
+            RuntimeError when a worker process died (killed, out of memory): re-running
+            the same command resumes, finished units are cached. Units not yet started
+            are cancelled; running ones finish and are published (their work is kept).
+        """
+        from concurrent.futures import as_completed
+        from concurrent.futures.process import BrokenProcessPool
+
+        index = {future: i for i, future in enumerate(futures)}
+        try:
+            for future in as_completed(futures):
+                on_result(index[future], future.result())
+        except BrokenProcessPool as exc:
+            raise RuntimeError(f"a worker process of executor=local (jobs={self.jobs}) died while running a "
+                               f"stage unit ({exc}); re-run the same command to resume (finished units are "
+                               "cached, agents resume from their checkpoints)") from None
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+
+    def check_writable(self, folders: dict[str, Path]) -> None:
+        """Nothing to add: the workers share this machine's file system with the driver."""
+
+    def close(self) -> None:
+        """Cancel queued units, let running ones finish, stop the workers."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def default_jobs(threads: int, cuda: bool = False, cores: int | None = None) -> int:
+    """Worker processes ``executor=local`` uses unless ``jobs`` is set.
+
+    On CPU, as many as the cores hold at ``threads`` torch threads each (2 on a 2-core
+    machine at the default one thread; ``threads=0``, torch's own default of every
+    core, gives 1). With CUDA 1: units share one GPU one at a time unless ``jobs=N``
+    says otherwise.
+
+    Args:
+        threads: torch threads per unit (0: torch's default, all cores).
+        cuda: whether the units run on CUDA.
+        cores: CPU cores to fill; None = ``os.cpu_count()``.
+    """
+    if cuda or threads <= 0:
+        return 1
+    return max(1, (cores or os.cpu_count() or 1) // threads)
 
 
 class RayExecutor:
@@ -301,6 +396,21 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
                           "address") from None
 
 
-def make_executor(config: Any, gpu: bool = False) -> LocalExecutor | RayExecutor:
-    """The executor ``config.executor`` names (``ray`` imports Ray and connects)."""
-    return RayExecutor(config.ray, gpu=gpu) if config.executor == "ray" else LocalExecutor()
+def make_executor(config: Any, gpu: bool = False,
+                  threads: int = 1) -> LocalExecutor | ProcessExecutor | RayExecutor:
+    """The executor ``config.executor`` names (``ray`` imports Ray and connects).
+
+    ``executor=local`` is `LocalExecutor` with one job (``jobs=1``, or `default_jobs`
+    gives 1) and `ProcessExecutor` with more.
+
+    Args:
+        config: the `experiments.config.ExperimentConfig`.
+        gpu: whether units run on CUDA.
+        threads: the run's torch threads per unit (0: torch's default).
+    """
+    if config.executor == "ray":
+        return RayExecutor(config.ray, gpu=gpu)
+    jobs = config.jobs if config.jobs is not None else default_jobs(threads, cuda=gpu)
+    if jobs == 1:
+        return LocalExecutor()
+    return ProcessExecutor(jobs, threads if threads > 0 else None)

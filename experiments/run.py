@@ -1155,7 +1155,8 @@ def main(argv: list[str] | None = None) -> Path:
         torch.set_num_threads(threads)
     inputs = check_inputs(config)
     device = inputs["device"]
-    executor = make_executor(config, gpu=device.type == "cuda")  # Ray is imported only here, if asked for
+    # Ray is imported only here, if asked for
+    executor = make_executor(config, gpu=device.type == "cuda", threads=threads)
     try:
         executor.check_writable({"results_dir": inputs["results_dir"], "cache_dir": inputs["cache_dir"]})
         runner = StageRunner(inputs["cache_dir"], Progress(config.progress), executor)

@@ -107,7 +107,7 @@ class Sweep:
         self.fixed = [f"{k}={yaml.safe_dump(str(Path(v).resolve()) if k in absolute and v is not None else v, default_flow_style=True).strip().removesuffix('...').strip()}"
                       for k, v in fixed]
         for key in grid:
-            if key in ("results_dir", "cache_dir", "name", "executor", "seeds") or key.startswith("ray."):
+            if key in ("results_dir", "cache_dir", "name", "executor", "jobs", "seeds") or key.startswith("ray."):
                 raise ConfigError(f"sweep key 'grid.{key}': {key!r} is set by the sweep itself or spans "
                                   "seeds; sweep a key of the experiment (e.g. grid.user_params.patience)")
         # Every trial's config is checked here, before anything runs: an unknown key gets the
@@ -158,7 +158,7 @@ def run_trial(config: dict) -> None:
     params = config["trial"]
     os.chdir(params["cwd"])  # Tune starts trials in their own folder; run where the sweep was started
     run_dir = main([*params["overrides"], f"results_dir={params['results_dir']}", f"cache_dir={params['cache_dir']}",
-                    "executor=local", "progress=false", f"threads={params['threads']}"])
+                    "executor=local", "jobs=1", "progress=false", f"threads={params['threads']}"])
     tune.report({"complete": 1, "run_dir": str(run_dir)})
 
 

@@ -137,7 +137,7 @@ def test_item_cold_start_preset_reports_new_items_for_content_and_id_only_ranker
     from experiments.config import ConfigError
     from experiments.run import main
 
-    tiny = ["preset=item_cold_start", "progress=false", "seeds=[0]", "catalog.num_items=300", "encoders.d_text=16",
+    tiny = ["preset=item_cold_start", "progress=false", "jobs=1", "seeds=[0]", "catalog.num_items=300", "encoders.d_text=16",
             "encoders.d_image=16", "env.max_steps=20", "logging.num_users=200", "logging.test_users=80",
             "scorer.hidden_dim=16", "ranker.max_epochs=2", "agents=[random,greedy,greedy_id]",
             "eval.num_users=64", "eval.tune_users=16", "threads=1", f"results_dir={tmp_path}"]

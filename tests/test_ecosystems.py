@@ -409,7 +409,7 @@ def test_stay_policy_keeps_creators_in_place(space):
 # -- the ecosystem experiments through experiments/run.py ---------------------------------------------
 
 #: Tiny ecosystem runs: the same synthetic catalog as tests/test_experiments.py's TINY.
-ECO_TINY = ["progress=false", "seeds=[0,1]", "catalog.num_items=300", "encoders.d_text=16",
+ECO_TINY = ["progress=false", "jobs=1", "seeds=[0,1]", "catalog.num_items=300", "encoders.d_text=16",
             "encoders.d_image=16", "ecosystem.episode=20", "ecosystem.eval_episodes=3", "threads=1"]
 
 

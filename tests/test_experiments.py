@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -31,7 +32,7 @@ RUN = ROOT / "experiments" / "run.py"
 
 #: A complete experiment in seconds: every stage runs, on tiny sizes.
 TINY = [
-    "progress=false", "seeds=[0,1]", "env.id=recsim_mm/InterestEvolution-v0", "catalog.num_items=300", "encoders.d_text=16", "encoders.d_image=16",
+    "progress=false", "jobs=1", "seeds=[0,1]", "env.id=recsim_mm/InterestEvolution-v0", "catalog.num_items=300", "encoders.d_text=16", "encoders.d_image=16",
     "env.max_steps=20", "logging.num_users=200", "logging.test_users=80",
     "scorer.hidden_dim=16", "scorer.num_heads=2", "ranker.max_epochs=2", "ranker.ablations=false",
     "ppo.total_steps=1024", "ppo.num_envs=16", "ppo.n_steps=32", "ppo.batch_size=256",
@@ -132,11 +133,15 @@ def test_rerun_of_a_finished_config_trains_nothing(quick_run):
 
 
 @pytest.mark.slow
-def test_same_config_and_seed_give_the_same_metrics(tmp_path):
+def test_same_config_and_seed_give_the_same_metrics_in_one_process_or_two_workers(tmp_path):
     # Separate caches: the second run recomputes every stage instead of reusing the first.
-    runs = [main([*TINY, "agents=[random,greedy,ppo,dqn]", f"results_dir={tmp_path / name}"])
-            for name in ("a", "b")]
+    # The first runs every unit here (TINY's jobs=1), the second in two worker processes.
+    runs = [main([*TINY, "agents=[random,greedy,ppo,dqn]", f"results_dir={tmp_path / name}", f"jobs={jobs}"])
+            for name, jobs in (("a", 1), ("b", 2))]
     assert all(s["status"] == "computed" for s in stage_status(runs[1]))
+    workers = {s["host"] for s in stage_status(runs[1]) if "host" in s}
+    here = f"{socket.gethostname()}:{os.getpid()}"
+    assert len(workers) == 2 and here not in workers, workers  # the units ran in two other processes
     first, second = ((run / "metrics.csv").read_bytes() for run in runs)
     assert first == second
     rows = read_metrics(runs[0])
@@ -427,7 +432,7 @@ def documented_numeric_keys() -> list[tuple[str, str]]:
 BAD_VALUES = [(key, "-2" if kind == "int" else "-1.5") for key, kind in documented_numeric_keys()] + [
     ("ppo.gamma", "1.5"), ("ppo.clip_range", "-0.2"), ("ppo.gae_lambda", "2"),
     ("dqn.exploration_fraction", "1.5"), ("dqn.learning_rate", "0"), ("ppo.learning_rate", "-1"),
-    ("catalog.num_topics", "17"), ("ranker.val_fraction", "1.0"), ("scorer.dropout", "1.0"),
+    ("catalog.num_topics", "17"), ("ranker.val_fraction", "1.0"), ("scorer.dropout", "1.0"), ("jobs", "0"),
 ]
 
 
