@@ -149,6 +149,41 @@ def test_same_config_and_seed_give_the_same_metrics_in_one_process_or_two_worker
     assert by_seed["0"] != by_seed["1"]  # the seed matters: the check above is not vacuous
 
 
+def _unit_that_raises(folder: Path) -> dict:
+    raise ValueError(f"unit in {folder.name} failed")
+
+
+def _unit_that_writes(folder: Path) -> dict:
+    (folder / "out.txt").write_text("written")
+    return {"pid": os.getpid()}
+
+
+def _unit_whose_worker_dies(folder: Path) -> dict:
+    os._exit(3)
+
+
+def test_worker_processes_publish_units_and_raise_a_units_own_error(tmp_path):
+    from experiments.executor import ProcessExecutor
+
+    executor = ProcessExecutor(jobs=2, threads=1)
+    try:
+        results = {}
+        futures = [executor.submit(tmp_path / f"ok-{i}", {"i": i}, _unit_that_writes) for i in range(3)]
+        executor.wait(futures, lambda i, result: results.__setitem__(i, result))
+        assert sorted(results) == [0, 1, 2]
+        for i, result in results.items():
+            assert result["status"] == "computed" and result["info"]["pid"] != os.getpid()
+            assert (tmp_path / f"ok-{i}" / "out.txt").read_text() == "written"
+            assert json.loads((tmp_path / f"ok-{i}" / "done.json").read_text())["depends_on"] == {"i": i}
+        with pytest.raises(ValueError, match="unit in .*bad.* failed"):
+            executor.wait([executor.submit(tmp_path / "bad", {}, _unit_that_raises)], lambda i, r: None)
+        assert not (tmp_path / "bad" / "done.json").exists()
+        with pytest.raises(RuntimeError, match=r"worker process of executor=local \(jobs=2\) died.*re-run"):
+            executor.wait([executor.submit(tmp_path / "dies", {}, _unit_whose_worker_dies)], lambda i, r: None)
+    finally:
+        executor.close()
+
+
 @pytest.mark.slow
 def test_a_killed_run_resumes_agent_training_from_its_checkpoint(tmp_path):
     args = [*TINY, "seeds=[0]", "agents=[greedy,ppo]", "ppo.total_steps=4096", "ppo.checkpoint_every=256",
