@@ -35,6 +35,8 @@ CASES = {
     "ppo-256-small-scorer": ("ppo", {"num_envs": 256}, {"hidden_dim": 32, "history_match": False}, "ids"),
     "ppo-256-embeddings": ("ppo", {"num_envs": 256}, {}, "embeddings"),
     "dqn-64": ("dqn", {"num_envs": 64}, {}, "ids"),
+    # what `make run` trains: the default preset's PPO (64 envs, scorer hidden_dim 32, 2 heads)
+    "ppo-64-run-default": ("ppo", {"num_envs": 64}, {"hidden_dim": 32, "num_heads": 2}, "ids"),
 }
 ALTERNATIVES = {
     "ppo-256-epochs2": ("ppo", {"num_envs": 256, "n_epochs": 2}, {}, "ids"),
@@ -83,7 +85,7 @@ def main() -> None:
         rate = measure(algo, args.steps, args.device, overrides, scorer, obs_mode)
         label = ",".join(f"{k}={v}" for k, v in {**overrides, **scorer}.items())
         target = {"ppo": 10_000, "dqn": 5_000}[algo]
-        scorer_kind = "small scorer" if scorer else "default scorer"
+        scorer_kind = "default scorer" if not scorer else "preset scorer" if name.endswith("run-default") else "small scorer"
         print(f"{name:22s} {algo.upper()} obs={obs_mode:10s} {label:40s} {scorer_kind:14s} "
               f"{rate:8,.0f} env steps/s (target >= {target:,} with the default scorer)", flush=True)
 
