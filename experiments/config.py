@@ -390,8 +390,8 @@ class ExperimentConfig:
         jobs: with ``executor=local``, stage units run at the same time, each in its
             own worker process (`experiments.executor.ProcessExecutor`); 1: every
             unit in this process, one after another. None (default): as many as the
-            cores hold at ``threads`` threads each on CPU (2 on a 2-core machine), 1
-            on CUDA (`experiments.executor.default_jobs`). Results do not depend on it.
+            cores hold at ``threads`` threads each on CPU (2 on a 2-core machine, at
+            most 8), 1 on CUDA (`experiments.executor.default_jobs`). Results do not depend on it.
         ray: the Ray cluster and per-task resources (`RayConfig`).
     """
 

@@ -213,13 +213,19 @@ class ProcessExecutor:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
+#: Most worker processes `default_jobs` picks: each holds its own copy of torch and the
+#: unit's data (~1-2 GB for the default preset's units), and past about 8 the stages'
+#: own width limits the speed-up (docs/scaling.md). ``jobs=N`` goes beyond it.
+MAX_DEFAULT_JOBS = 8
+
+
 def default_jobs(threads: int, cuda: bool = False, cores: int | None = None) -> int:
     """Worker processes ``executor=local`` uses unless ``jobs`` is set.
 
     On CPU, as many as the cores hold at ``threads`` torch threads each (2 on a 2-core
     machine at the default one thread; ``threads=0``, torch's own default of every
-    core, gives 1). With CUDA 1: units share one GPU one at a time unless ``jobs=N``
-    says otherwise.
+    core, gives 1), at most `MAX_DEFAULT_JOBS`. With CUDA 1: units share one GPU one
+    at a time unless ``jobs=N`` says otherwise.
 
     Args:
         threads: torch threads per unit (0: torch's default, all cores).
@@ -228,7 +234,7 @@ def default_jobs(threads: int, cuda: bool = False, cores: int | None = None) -> 
     """
     if cuda or threads <= 0:
         return 1
-    return max(1, (cores or os.cpu_count() or 1) // threads)
+    return max(1, min((cores or os.cpu_count() or 1) // threads, MAX_DEFAULT_JOBS))
 
 
 class RayExecutor:

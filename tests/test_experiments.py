@@ -162,6 +162,15 @@ def _unit_whose_worker_dies(folder: Path) -> dict:
     os._exit(3)
 
 
+def test_default_jobs_fill_the_cores_at_the_runs_threads_on_cpu_only():
+    from experiments.executor import MAX_DEFAULT_JOBS, default_jobs
+
+    assert default_jobs(1, cores=2) == 2 and default_jobs(2, cores=2) == 1 and default_jobs(4, cores=2) == 1
+    assert default_jobs(1, cores=64) == MAX_DEFAULT_JOBS == 8
+    assert default_jobs(0, cores=16) == 1  # threads=0: torch's default already takes every core
+    assert default_jobs(1, cuda=True, cores=16) == 1
+
+
 def test_worker_processes_publish_units_and_raise_a_units_own_error(tmp_path):
     from experiments.executor import ProcessExecutor
 
