@@ -1,4 +1,5 @@
-"""Where stage units run: in this process (`LocalExecutor`) or as Ray tasks (`RayExecutor`).
+"""Where stage units run: in this process (`LocalExecutor`), in worker processes on this
+machine (`ProcessExecutor`) or as Ray tasks (`RayExecutor`).
 
 `experiments.run.StageRunner` hands every unit that is not cached to an executor as
 ``run_unit(stage_dir, depends_on, unit, resumable, threads)``; `run_unit` is the same

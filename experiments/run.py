@@ -21,7 +21,8 @@ units (one ranker, one (agent, seed) training run, one evaluation) are the plain
 functions `train_ranker_unit`, `train_agent_unit`, `tune_unit` and `evaluate_unit` of
 picklable inputs; `StageRunner` is the one place that decides "compute, finish and
 record, or reuse". It hands the units to an executor (`experiments.executor`):
-``executor=local`` runs them here, one after another; ``executor=ray`` runs the units
+``executor=local`` runs them on this machine, ``jobs`` worker processes at a time (one
+per core by default; ``jobs=1``: here, one after another); ``executor=ray`` runs the units
 of stages 3-5 as Ray tasks in parallel, on this machine or a cluster (docs/scaling.md),
 each stage waiting for the units it needs. Stages 1-2 and the report run here.
 

@@ -15,7 +15,7 @@ Arguments:
 - any other ``key=value``: a config override of every trial (``seeds=[0,1]``,
   ``ray.address=...``, ``results_dir=...``).
 
-Every trial is a Ray Tune trial running `experiments.run.main` (``executor=local``
+Every trial is a Ray Tune trial running `experiments.run.main` (``executor=local jobs=1``
 inside the trial, ``ray.cpus_per_task`` CPUs per trial) with results in
 ``<sweep>/trials/<trial>/`` and the one stage cache ``cache_dir`` (default
 ``<results_dir>/.cache``) shared by all trials and by ordinary runs, so stages that do
