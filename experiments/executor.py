@@ -155,22 +155,30 @@ class ProcessExecutor:
     functions with plain inputs, as for Ray); the workers inherit ``sys.path``, so a
     user model named by module path imports there too.
 
+    User models registered in this process at run time
+    (`recsim_mm.users.register_user_model`) are registered in every worker too
+    (``user_models``), so a unit finds them by name as it would here.
+
     Args:
         jobs: worker processes, >= 2 (one per core at one torch thread each is the
             default, `default_jobs`).
         threads: torch CPU threads per unit; None leaves torch's default.
+        user_models: ``{name: class}`` to register in each worker before its first
+            unit (`forwardable_user_models`); classes travel by reference (module and
+            name), so each must be importable there.
     """
 
     inline = False
 
-    def __init__(self, jobs: int, threads: int | None = None):
+    def __init__(self, jobs: int, threads: int | None = None, user_models: dict[str, type] | None = None):
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         if jobs < 2:
             raise ValueError(f"ProcessExecutor needs jobs >= 2 (got {jobs}); use LocalExecutor for one")
         self.jobs, self.threads = jobs, threads
-        self.pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+        self.pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_register_user_models, initargs=(dict(user_models or {}),))
 
     def describe(self) -> str:
         """One line: how many worker processes, with how many torch threads each."""
@@ -212,6 +220,36 @@ class ProcessExecutor:
     def close(self) -> None:
         """Cancel queued units, let running ones finish, stop the workers."""
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _register_user_models(user_models: dict[str, type]) -> None:
+    """In a new worker: register the driver's run-time user models (`ProcessExecutor`)."""
+    from recsim_mm.users import register_user_model, registered_user_models, resolve_user_model
+
+    for name, cls in user_models.items():
+        if name not in registered_user_models() or resolve_user_model(name) is not cls:
+            register_user_model(name, cls)
+
+
+def forwardable_user_models() -> tuple[dict[str, type], dict[str, type]]:
+    """The user models registered in this process, split by whether a spawned worker can
+    import their class: ``(forwardable, not_forwardable)``, each ``{name: class}``.
+
+    A class in a module imports by name; a class in ``__main__`` does when ``__main__``
+    is a script file (the worker runs it again as its ``__main__``, under
+    ``if __name__ == "__main__"`` guards); one typed into a notebook, a REPL or
+    ``python -c`` has no file to import from.
+    """
+    import sys
+
+    from recsim_mm.users import registered_user_models, resolve_user_model
+
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    forwardable, stuck = {}, {}
+    for name in registered_user_models():
+        cls = resolve_user_model(name)
+        (stuck if cls.__module__ == "__main__" and main_file is None else forwardable)[name] = cls
+    return forwardable, stuck
 
 
 #: Most worker processes `default_jobs` picks: each holds its own copy of torch and the
@@ -420,4 +458,12 @@ def make_executor(config: Any, gpu: bool = False,
     jobs = config.jobs if config.jobs is not None else default_jobs(threads, cuda=gpu)
     if jobs == 1:
         return LocalExecutor()
-    return ProcessExecutor(jobs, threads if threads > 0 else None)
+    forwardable, stuck = forwardable_user_models()
+    if config.user_model in stuck:
+        from experiments.config import ConfigError
+
+        raise ConfigError(f"config key 'user_model' = {config.user_model!r}: that class was registered in this "
+                          "session and defined where a worker process cannot import it (a notebook, a REPL, "
+                          f"`python -c`), and the units run in {jobs} worker processes (key 'jobs'); use jobs=1, "
+                          "or move the class into a module and give 'module:ClassName'")
+    return ProcessExecutor(jobs, threads if threads > 0 else None, user_models=forwardable)

@@ -162,6 +162,43 @@ def _unit_whose_worker_dies(folder: Path) -> dict:
     os._exit(3)
 
 
+def _resolved_user_model(folder: Path) -> dict:
+    from recsim_mm.users import resolve_user_model
+
+    return {"class": resolve_user_model("renamed_satiation").__qualname__}
+
+
+def test_workers_know_the_user_models_registered_in_the_driver(tmp_path, monkeypatch):
+    from experiments.executor import ProcessExecutor, forwardable_user_models
+    from recsim_mm.users import SatiationUser, registry
+
+    # registered at run time here, as a researcher's script would before calling run.main
+    monkeypatch.setitem(registry._REGISTRY, "renamed_satiation", SatiationUser)
+    forwardable, stuck = forwardable_user_models()
+    assert forwardable["renamed_satiation"] is SatiationUser and not stuck
+    executor = ProcessExecutor(jobs=2, threads=1, user_models=forwardable)
+    try:
+        results = []
+        executor.wait([executor.submit(tmp_path / "u", {}, _resolved_user_model)], lambda i, r: results.append(r))
+        assert results[0]["info"]["class"] == "SatiationUser" and results[0]["host"].split(":")[1] != str(os.getpid())
+    finally:
+        executor.close()
+
+
+def test_a_session_only_user_model_with_worker_processes_is_an_error_naming_the_key(tmp_path, monkeypatch):
+    import types
+
+    from recsim_mm.users import SatiationUser, registry
+
+    # A class typed into a notebook: defined in a `__main__` that has no file to import.
+    notebook_class = type("NotebookUser", (SatiationUser,), {"__module__": "__main__"})
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))
+    monkeypatch.setitem(registry._REGISTRY, "notebook_user", notebook_class)
+    with pytest.raises(ConfigError, match=r"config key 'user_model' = 'notebook_user'.*use jobs=1"):
+        main([*TINY, "jobs=2", "user_model=notebook_user", f"results_dir={tmp_path}"])
+    assert not list(tmp_path.glob("*/metrics.csv"))
+
+
 def test_default_jobs_fill_the_cores_at_the_runs_threads_on_cpu_only():
     from experiments.executor import MAX_DEFAULT_JOBS, default_jobs
 
