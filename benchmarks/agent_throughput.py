@@ -20,8 +20,10 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from pathlib import Path
 
 import torch
+import yaml
 
 from agents.train import AgentConfig, build_agent, make_env
 from recsim_mm.pipeline import default_item_space
@@ -35,8 +37,6 @@ CASES = {
     "ppo-256-small-scorer": ("ppo", {"num_envs": 256}, {"hidden_dim": 32, "history_match": False}, "ids"),
     "ppo-256-embeddings": ("ppo", {"num_envs": 256}, {}, "embeddings"),
     "dqn-64": ("dqn", {"num_envs": 64}, {}, "ids"),
-    # what `make run` trains: the default preset's PPO (64 envs, scorer hidden_dim 32, 2 heads)
-    "ppo-64-run-default": ("ppo", {"num_envs": 64}, {"hidden_dim": 32, "num_heads": 2}, "ids"),
 }
 ALTERNATIVES = {
     "ppo-256-epochs2": ("ppo", {"num_envs": 256, "n_epochs": 2}, {}, "ids"),
@@ -45,6 +45,19 @@ ALTERNATIVES = {
     "dqn-256": ("dqn", {"num_envs": 256}, {}, "ids"),
     "dqn-64-gradsteps1": ("dqn", {"num_envs": 64, "gradient_steps": 1}, {}, "ids"),
 }
+
+
+def run_default_case() -> tuple[str, tuple]:
+    """What `make run` trains: PPO with the default preset's ``ppo.num_envs`` and its
+    ``scorer`` overrides, read from experiments/configs/default.yaml so the case follows
+    the preset."""
+    preset = yaml.safe_load((Path(__file__).resolve().parent.parent / "experiments" / "configs" / "default.yaml").read_text())
+    num_envs = preset["ppo"]["num_envs"]
+    return f"ppo-{num_envs}-run-default", ("ppo", {"num_envs": num_envs}, dict(preset.get("scorer", {})), "ids")
+
+
+RUN_DEFAULT, RUN_DEFAULT_CASE = run_default_case()
+CASES[RUN_DEFAULT] = RUN_DEFAULT_CASE
 
 
 def measure(algo: str, steps: int, device: str, overrides: dict, scorer: dict, obs_mode: str) -> float:
@@ -85,7 +98,7 @@ def main() -> None:
         rate = measure(algo, args.steps, args.device, overrides, scorer, obs_mode)
         label = ",".join(f"{k}={v}" for k, v in {**overrides, **scorer}.items())
         target = {"ppo": 10_000, "dqn": 5_000}[algo]
-        scorer_kind = "default scorer" if not scorer else "preset scorer" if name.endswith("run-default") else "small scorer"
+        scorer_kind = "default scorer" if not scorer else "preset scorer" if name == RUN_DEFAULT else "small scorer"
         print(f"{name:22s} {algo.upper()} obs={obs_mode:10s} {label:40s} {scorer_kind:14s} "
               f"{rate:8,.0f} env steps/s (target >= {target:,} with the default scorer)", flush=True)
 

@@ -224,11 +224,10 @@ class ProcessExecutor:
 
 def _register_user_models(user_models: dict[str, type]) -> None:
     """In a new worker: register the driver's run-time user models (`ProcessExecutor`)."""
-    from recsim_mm.users import register_user_model, registered_user_models, resolve_user_model
+    from recsim_mm.users import register_user_model
 
     for name, cls in user_models.items():
-        if name not in registered_user_models() or resolve_user_model(name) is not cls:
-            register_user_model(name, cls)
+        register_user_model(name, cls)  # a name already registered to this class (the built-ins) is a no-op
 
 
 def forwardable_user_models() -> tuple[dict[str, type], dict[str, type]]:
