@@ -169,7 +169,7 @@ class PlatformScorerPolicy(ScorerActorCriticPolicy):
         logits = logits.view(n, u, -1) * visiting.unsqueeze(-1)
         weights = visiting / visiting.sum(1, keepdim=True).clamp_min(1.0)
         platform_state = (user_state.view(n, u, -1) * weights.unsqueeze(-1)).sum(1)
-        values = self.value_net(torch.cat([platform_state, visiting.mean(1, keepdim=True)], dim=1))
+        values = self._value(torch.cat([platform_state, visiting.mean(1, keepdim=True)], dim=1))
         return logits.reshape(n, -1), values
 
     def get_distribution(self, obs):

@@ -14,9 +14,16 @@ marked ``# KL``); everything else is SB3's code unchanged. With ``kl_coef=0`` it
 SB3's computation exactly (the test suite checks that it trains to the same
 parameters as ``PPO``), so it is the PPO of every run.
 
+With a policy that normalises its critic (``policy.value_normalizer``, a
+`agents.policies.ValueNormalizer`), each update first folds the rollout's returns into
+the normaliser (PopArt: the critic's predictions are unchanged by it), and the value
+loss is measured in units of the returns' standard deviation (``mse / std**2``), so
+``vf_coef`` means the same for returns of 1 or of 500 minutes. Lines marked ``# VALUE``.
+
 Logged by ``train``: SB3's keys, with ``train/entropy_loss`` the entropy term alone
 (``-mean(entropy)``), plus ``train/kl_to_prior`` (mean over the update's minibatches,
-nats) when ``kl_coef > 0``. Works with ``ent_coef = 0``.
+nats) when ``kl_coef > 0``, and ``train/value_scale`` (the normaliser's standard
+deviation, reward units) with a normalised critic. Works with ``ent_coef = 0``.
 """
 
 from __future__ import annotations
@@ -73,6 +80,12 @@ class PriorRegularizedPPO(PPO):
         if self.clip_range_vf is not None:
             clip_range_vf = self.clip_range_vf(self._current_progress_remaining)  # type: ignore[operator]
 
+        normalizer = getattr(self.policy, "value_normalizer", None)  # VALUE
+        value_scale = 1.0
+        if normalizer is not None:
+            normalizer.update(th.as_tensor(self.rollout_buffer.returns, device=self.device))
+            value_scale = float(normalizer.std)
+
         entropy_losses = []
         kl_losses = []  # KL
         pg_losses, value_losses = [], []
@@ -125,7 +138,7 @@ class PriorRegularizedPPO(PPO):
                         values - rollout_data.old_values, -clip_range_vf, clip_range_vf
                     )
                 # Value loss using the TD(gae_lambda) target
-                value_loss = F.mse_loss(rollout_data.returns, values_pred)
+                value_loss = F.mse_loss(rollout_data.returns, values_pred) / value_scale**2  # VALUE
                 value_losses.append(value_loss.item())
 
                 # Entropy loss favor exploration
@@ -181,6 +194,8 @@ class PriorRegularizedPPO(PPO):
         self.logger.record("train/clip_fraction", np.mean(clip_fractions))
         self.logger.record("train/loss", loss.item())
         self.logger.record("train/explained_variance", explained_var)
+        if normalizer is not None:  # VALUE
+            self.logger.record("train/value_scale", value_scale)
         if hasattr(self.policy, "log_std"):
             self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
 

@@ -238,12 +238,13 @@ class SlateQPolicy(ScorerDQNPolicy):
         # the network values single candidates: its action space is Discrete(K)
         net_args["action_space"] = spaces.Discrete(int(self.action_space.nvec[0]))
         return SlateQNetwork(scorer_config=self._scorer_config, item_table=self._item_table,
+                             item_features=self._item_features, objective=self.objective,
                              **net_args).to(self.device)
 
     def _build(self, lr_schedule) -> None:
         super()._build(lr_schedule)
         self.click_model = build_scorer(self.observation_space, self._scorer_config,
-                                        self._item_table).to(self.device)
+                                        self._item_table, self._item_features).to(self.device)
         # one optimizer for the item values, the no-click head and the click model
         self.optimizer = self.optimizer_class(
             [*self.q_net.parameters(), *self.click_model.parameters()], lr=lr_schedule(1),

@@ -32,6 +32,7 @@ from agents.sb3_vec_env import SB3VecEnv
 from agents.slateq import SlateQ, SlateQPolicy, check_choice_model
 from recsim_mm.device import resolve_device
 from recsim_mm.files import atomic_torch_save, load_checkpoint
+from recsim_mm.item_features import item_feature_table
 from recsim_mm.item_space import ItemSpace
 from recsim_mm.scorer import ScorerConfig
 
@@ -55,7 +56,16 @@ class AgentConfig:
         checkpoint_every: environment steps between checkpoints.
         scorer: `ScorerConfig` overrides (e.g. ``{"hidden_dim": 32}``); ignored for
             the architecture when warm-starting (the ranker's architecture is used).
+        temperature: the actor's softmax temperature over log expected rewards
+            (PPO): ``pi(i) ~ expected_reward_i ** (1 / temperature)``; smaller is
+            closer to the greedy ranker. Its mode is greedy's choice at any value.
         n_steps, batch_size, n_epochs, gae_lambda, ent_coef, clip_range: PPO.
+        vf_coef: weight of the value loss in PPO's loss (the critic is detached from
+            the actor's scorer, so it trades off nothing but the critic's step size).
+        normalize_values: PopArt normalisation of the critic's output
+            (`agents.policies.ValueNormalizer`); the value loss is then measured in
+            units of the returns' standard deviation.
+        value_hidden: width of the critic's two hidden layers.
         kl_coef: weight of ``KL(pi || ranker)`` in PPO's loss, its own term
             (`agents.ppo.PriorRegularizedPPO`; needs a ranker, any ``ent_coef``); 0 = off.
         bc_epochs, bc_lr: behaviour cloning of the logged clicked recommendations
@@ -81,6 +91,10 @@ class AgentConfig:
     gae_lambda: float = 0.9
     ent_coef: float = 0.01
     clip_range: float = 0.2
+    temperature: float = 0.25
+    vf_coef: float = 0.5
+    normalize_values: bool = True
+    value_hidden: int = 64
     # DQN
     buffer_size: int = 50_000
     learning_starts: int = 2_000
@@ -98,7 +112,7 @@ class AgentConfig:
     def __post_init__(self) -> None:
         if self.algo not in ALGOS:
             raise ValueError(f"unknown agent algo {self.algo!r}; expected one of {ALGOS}")
-        for name in ("total_steps", "num_envs", "checkpoint_every", "n_steps", "batch_size"):
+        for name in ("total_steps", "num_envs", "checkpoint_every", "n_steps", "batch_size", "value_hidden"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"AgentConfig.{name}={value!r}; expected an int >= 1")
@@ -113,13 +127,16 @@ class AgentConfig:
                   "clip_range": (0.0, None, "> 0"), "gamma": (0.0, 1.0, "in [0, 1]"),
                   "gae_lambda": (0.0, 1.0, "in [0, 1]"), "exploration_fraction": (0.0, 1.0, "in [0, 1]"),
                   "exploration_final_eps": (0.0, 1.0, "in [0, 1]"), "ent_coef": (0.0, None, ">= 0"),
-                  "kl_coef": (0.0, None, ">= 0")}
+                  "kl_coef": (0.0, None, ">= 0"), "temperature": (0.0, None, "> 0"),
+                  "vf_coef": (0.0, None, ">= 0")}
         for name, (low, high, expected) in ranges.items():
             value = getattr(self, name)
             strict = expected == "> 0"
             if (not isinstance(value, int | float) or isinstance(value, bool) or value < low
                     or (strict and value == low) or (high is not None and value > high)):
                 raise ValueError(f"AgentConfig.{name}={value!r}; expected a number {expected}")
+        if not isinstance(self.normalize_values, bool):
+            raise ValueError(f"AgentConfig.normalize_values={self.normalize_values!r}; expected true or false")
         if self.kl_coef and self.algo != "ppo":
             raise ValueError(f"AgentConfig.kl_coef={self.kl_coef} with algo={self.algo!r}: the KL penalty is for PPO")
         if self.bc_epochs and self.algo != "ppo":
@@ -171,17 +188,27 @@ def build_agent(
                 f"{item_space.fingerprint()}"
             )
         scorer_config = ranker.config.to_dict()
+        # the ranker's item metadata (its log's popularity included) travels with its weights
+        item_features = ranker.scorer.item_feature_table
+        item_features = None if item_features is None else item_features.detach().cpu()
     else:
-        scorer_config = ScorerConfig(
-            d_text=item_space.d_text, d_image=item_space.d_image, **config.scorer
-        ).to_dict()
+        architecture = ScorerConfig(d_text=item_space.d_text, d_image=item_space.d_image, **config.scorer)
+        scorer_config = architecture.to_dict()
+        # a cold start has no log: catalog metadata only (popularity and click rate 0)
+        item_features = (item_feature_table(item_space, architecture.item_features)
+                         if architecture.item_features else None)
+    reward = venv.venv.simulator.reward
+    objective = reward if isinstance(reward, str) else "engagement"  # a learned reward is minutes
     device = resolve_device(config.device)
     # fused: Adam's update as one kernel per parameter tensor (0.28 ms a step on CPU for
     # the default scorer, vs 0.73 ms for the multi-tensor `foreach` update, which on
     # CPU still runs ~7 ops per tensor, and 1.0 ms for SB3's default Python loop); the
     # same update up to float rounding
     policy_kwargs = dict(scorer_config=scorer_config, item_table=item_space.fused.cpu(),
-                         optimizer_kwargs=dict(fused=True))
+                         item_features=item_features, objective=objective, optimizer_kwargs=dict(fused=True))
+    if config.algo == "ppo":
+        policy_kwargs.update(temperature=config.temperature, value_hidden=config.value_hidden,
+                             normalize_values=config.normalize_values)
     common = dict(
         learning_rate=config.learning_rate,
         gamma=config.gamma,
@@ -201,6 +228,7 @@ def build_agent(
             gae_lambda=config.gae_lambda,
             ent_coef=config.ent_coef,
             clip_range=config.clip_range,
+            vf_coef=config.vf_coef,
             **common,
         )
     else:

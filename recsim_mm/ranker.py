@@ -35,6 +35,7 @@ from torch.nn import functional as F
 
 from recsim_mm.device import cpu_threads, resolve_device
 from recsim_mm.files import atomic_torch_save
+from recsim_mm.item_features import item_feature_table
 from recsim_mm.item_space import ItemSpace
 from recsim_mm.logs import InteractionLog
 from recsim_mm.metrics import auc, log_loss, ndcg_at_k, recall_at_k, top_k_relevant
@@ -244,7 +245,9 @@ class Ranker:
             raise ValueError(f"{path}: invalid stored scorer config ({exc})") from exc
         if expected_config is not None:
             _require_same_architecture(config, expected_config, f"checkpoint {path}", "expected_config")
-        scorer = Scorer(config, item_table=item_space.fused.cpu())
+        # the item features are a persistent buffer: the checkpoint's values replace these
+        placeholder = torch.zeros(item_space.num_items, len(config.item_features)) if config.item_features else None
+        scorer = Scorer(config, item_table=item_space.fused.cpu(), item_features=placeholder)
         try:
             scorer.load_state_dict(payload["state_dict"])
         except RuntimeError as exc:
@@ -380,7 +383,10 @@ def _fit(
 ) -> TrainResult:
     """The training loop of `train_ranker` (inputs already checked, RNG seeded)."""
     train_labels = train_log.clicks
-    scorer = Scorer(scorer_config, item_table=item_space.fused.cpu()).to(device)
+    # item metadata from the catalog (duration) and from the training records only (the
+    # validation users' clicks stay out of the popularity counts)
+    features = item_feature_table(item_space, scorer_config.item_features, train_log) if scorer_config.item_features else None
+    scorer = Scorer(scorer_config, item_table=item_space.fused.cpu(), item_features=features).to(device)
     optimizer = torch.optim.AdamW(scorer.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     use_engagement = scorer_config.engagement_head and config.engagement_weight > 0
 

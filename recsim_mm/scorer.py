@@ -50,6 +50,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from recsim_mm.item_features import ITEM_FEATURES, check_item_features, item_feature_table
 from recsim_mm.observation import (
     CANDIDATE_ITEMS,
     HISTORY_FEEDBACK,
@@ -93,9 +94,19 @@ class ScorerConfig:
         history_decays: recency decay rates per step, each in ``(0, 1)``, of
             `HistoryMatch`'s decayed statistics: for each rate and modality part, the
             decayed sum over past steps of the candidate's cosine to the past item,
-            weighted by ``clicked`` and by ``log1p(engagement minutes)`` (the shape of
-            the simulated users' satiation memory). ``()`` turns them off; ignored
-            without ``history_match``.
+            weighted by ``clicked``, by ``log1p(engagement minutes)`` and, when the
+            scorer knows item durations, by the watched fraction (minutes / duration:
+            the weight of the simulated users' satiation memory, whose decay is 0.7 in
+            InterestEvolution and 0.8 in Satiation; the default rates cover both).
+            ``()`` turns them off; ignored without ``history_match``.
+        item_features: item metadata the scorer reads beside the content vectors,
+            names from `recsim_mm.item_features.ITEM_FEATURES` (duration from the
+            catalog; popularity and click rate from the training log); ``()`` for
+            none. They need the item table (item rows), and the scorer is built with
+            their ``(N, F)`` table (`recsim_mm.item_features.item_feature_table`). With
+            ``"duration"`` the engagement head predicts the watched fraction and
+            multiplies it by the item's duration, and `HistoryMatch` weighs the history
+            by watched fraction.
         engagement_head: build the engagement regression head.
         use_time_left: feed ``log1p(time_left)`` into the user state.
         user_features_dim: width ``F`` of ``obs["user_features"]`` to read; 0 ignores
@@ -113,7 +124,8 @@ class ScorerConfig:
     num_queries: int = 2
     max_history: int = 128
     history_match: bool = True
-    history_decays: tuple[float, ...] = (0.5, 0.85)
+    history_decays: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9)
+    item_features: tuple[str, ...] = ITEM_FEATURES
     engagement_head: bool = True
     use_time_left: bool = True
     user_features_dim: int = 0
@@ -157,8 +169,21 @@ class ScorerConfig:
             )
         if len(set(decays)) != len(decays):
             raise ValueError(f"ScorerConfig.history_decays={decays!r} repeats a rate")
+        features = self.item_features
+        if isinstance(features, list | str):
+            features = (features,) if isinstance(features, str) else tuple(features)
+            object.__setattr__(self, "item_features", features)
+        try:
+            check_item_features(features)
+        except ValueError as exc:
+            raise ValueError(f"ScorerConfig.item_features={self.item_features!r}: {exc}") from None
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"ScorerConfig.dropout={self.dropout}; expected in [0, 1)")
+
+    @property
+    def knows_duration(self) -> bool:
+        """True when ``"duration"`` is among the item features."""
+        return "duration" in self.item_features
 
     @property
     def dim(self) -> int:
@@ -207,11 +232,13 @@ class ItemTower(nn.Module):
             else:
                 self.modality_embedding = nn.Parameter(torch.zeros(2, h))
                 self.cross = nn.MultiheadAttention(h, config.num_heads, batch_first=True)
+        self.feature_proj = nn.Linear(len(config.item_features), h) if config.item_features else None
         self.norm = nn.LayerNorm(h)
         self.out = _mlp(h, h, h, 0.0)
 
-    def forward(self, items: torch.Tensor) -> torch.Tensor:
-        """``items``: ``(..., d)`` float32 fused vectors -> ``(..., hidden_dim)`` float32."""
+    def forward(self, items: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """``items``: ``(..., d)`` float32 fused vectors, ``features``: ``(..., F)`` float32
+        item metadata (required when the config lists item features) -> ``(..., hidden_dim)`` float32."""
         c = self.config
         if self.text_proj is not None and self.image_proj is not None:
             text = self.text_proj(items[..., : c.d_text])
@@ -231,6 +258,10 @@ class ItemTower(nn.Module):
             z = self.text_proj(items[..., : c.d_text])
         else:
             z = self.image_proj(items[..., c.d_text :])
+        if self.feature_proj is not None:
+            if features is None:
+                raise ValueError(f"the item tower reads item features {c.item_features}; none were given")
+            z = z + self.feature_proj(features)
         z = self.norm(z)
         return z + self.out(z)
 
@@ -393,11 +424,13 @@ class HistoryMatch(nn.Module):
     the cosine to every past item (the parts are L2-normalised, so a dot product) is
     pooled four ways: mean over clicked past items, mean over shown-but-skipped ones,
     engagement-weighted mean, and max over clicked ones. For each rate ``r`` in
-    ``config.history_decays`` two recency-decayed sums follow,
-    ``sum_t r**(steps back) * w_t * cos(candidate, item_t)`` with ``w_t = clicked`` and
-    ``w_t = log1p(engagement minutes)`` (the newest step is 0 steps back): the shape of
-    the simulated users' satiation memory, which decays per step and grows with watch
-    time. Each is one dot product with a per-user decayed profile vector, so it costs
+    ``config.history_decays`` recency-decayed sums follow,
+    ``sum_t r**(steps back) * w_t * cos(candidate, item_t)`` with ``w_t = clicked``,
+    ``w_t = log1p(engagement minutes)`` and, when the scorer knows item durations,
+    ``w_t = watched fraction`` (minutes / the past item's duration; the newest step is 0
+    steps back). The last is exactly the simulated users' satiation memory
+    (``m <- decay * m + watched * x / 2``, satiation ``relu(<m, candidate>)``) when a
+    rate equals the user model's decay and the history is long enough. Each is one dot product with a per-user decayed profile vector, so it costs
     ``O(B*K*d)``, not ``O(B*K*H*d)``. With the click and skip counts these statistics
     go through an MLP. Keeping the modalities apart lets the heads weigh text against
     image similarity per user, which is what the simulated users' modality weight does
@@ -411,7 +444,9 @@ class HistoryMatch(nn.Module):
         self.register_buffer(
             "decays", torch.tensor(config.history_decays, dtype=torch.float32), persistent=False
         )
-        self.num_statistics = (4 + 2 * len(config.history_decays)) * len(self.parts) + 2
+        self.watched = config.knows_duration
+        per_rate = 3 if self.watched else 2  # clicked, log1p(minutes)(, watched fraction)
+        self.num_statistics = (4 + per_rate * len(config.history_decays)) * len(self.parts) + 2
         self.stats = nn.Sequential(
             nn.Linear(self.num_statistics, config.hidden_dim), nn.GELU(),
             nn.Linear(config.hidden_dim, config.hidden_dim),
@@ -419,7 +454,7 @@ class HistoryMatch(nn.Module):
         # `pooled` builds the statistics in another column order than `statistics`
         # (all linear poolings of a part in one product, then the maxima, then the
         # counts); column i of `pooled` is column reference[i] of `statistics`.
-        parts, linear = len(self.parts), 3 + 2 * len(config.history_decays)
+        parts, linear = len(self.parts), 3 + per_rate * len(config.history_decays)
         reference = [p * (linear + 1) + k + (k >= 3) for p in range(parts) for k in range(linear)]
         reference += [p * (linear + 1) + 3 for p in range(parts)] + [parts * (linear + 1), parts * (linear + 1) + 1]
         self.register_buffer("pooled_columns", torch.tensor(reference), persistent=False)
@@ -432,12 +467,18 @@ class HistoryMatch(nn.Module):
             [torch.einsum("bkd,bhd->bhk", candidates[..., a:b], history[..., a:b]) for a, b in self.parts], dim=-1
         )
 
-    def pooled(self, cosines: torch.Tensor, feedback: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def pooled(self, cosines: torch.Tensor, feedback: torch.Tensor, mask: torch.Tensor,
+               watched: torch.Tensor | None = None) -> torch.Tensor:
         """`statistics` from the `cosines` ``(B, H, K, P)``, columns in `pooled_columns` order.
+
+        ``watched``: ``(B, H)`` float32 watched fraction of each past step (0 where not
+        clicked), required when the scorer knows durations.
 
         Every statistic but the maxima and the counts is a weighted sum over past steps of
         the cosines, so all of them, for every part, are one batched product.
         """
+        if self.watched and watched is None:
+            raise ValueError("HistoryMatch reads the watched fraction of past steps (item durations); none was given")
         batch, length, num_candidates, parts = cosines.shape
         clicked = feedback[..., 0] * mask
         skipped = (1.0 - feedback[..., 0]) * mask
@@ -447,8 +488,9 @@ class HistoryMatch(nn.Module):
         if self.decays.numel():
             steps_back = torch.arange(length - 1, -1, -1, device=cosines.device, dtype=cosines.dtype)
             recency = self.decays.to(cosines.dtype).unsqueeze(-1) ** steps_back  # (D, H)
-            # (B, 2D, H): for each rate, clicked then log1p(minutes), decayed by steps back
-            decayed = (torch.stack([clicked, engaged], dim=1).unsqueeze(1) * recency[None, :, None, :]).flatten(1, 2)
+            # (B, 2D or 3D, H): for each rate, clicked, log1p(minutes)(, watched), decayed by steps back
+            per_step = [clicked, engaged] + ([watched * mask] if self.watched else [])
+            decayed = (torch.stack(per_step, dim=1).unsqueeze(1) * recency[None, :, None, :]).flatten(1, 2)
             weights = torch.cat([weights, decayed], dim=1)  # (B, 3 + 2D, H)
         linear = torch.bmm(cosines.reshape(batch, length, -1).transpose(1, 2), weights.transpose(1, 2))  # (B, K * P, 3 + 2D)
         best = cosines.masked_fill((clicked <= 0)[:, :, None, None], float("-inf")).amax(1)  # (B, K, P)
@@ -460,16 +502,17 @@ class HistoryMatch(nn.Module):
         )
 
     def statistics(
-        self, candidates: torch.Tensor, history: torch.Tensor, feedback: torch.Tensor, mask: torch.Tensor
+        self, candidates: torch.Tensor, history: torch.Tensor, feedback: torch.Tensor, mask: torch.Tensor,
+        watched: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The raw statistics before the MLP: ``(B, K, num_statistics)`` float32.
 
         Per part, in order: clicked mean, skipped mean, engagement-weighted mean, clicked
-        max (cosines), then per decay rate the clicked and the ``log1p(minutes)``
-        weighted decayed sums; last ``log1p`` of the click and skip counts. Arguments
-        as in `forward`.
+        max (cosines), then per decay rate the clicked, the ``log1p(minutes)`` (and the
+        watched-fraction) weighted decayed sums; last ``log1p`` of the click and skip
+        counts. Arguments as in `forward`.
         """
-        return self.pooled(self.cosines(candidates, history), feedback, mask)[..., self.reference_columns]
+        return self.pooled(self.cosines(candidates, history), feedback, mask, watched)[..., self.reference_columns]
 
     def hidden_from_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
         """`hidden` from `pooled` statistics (the first layer's columns reordered to match)."""
@@ -481,7 +524,8 @@ class HistoryMatch(nn.Module):
         return self.stats[1](self.stats[0](statistics))
 
     def forward(
-        self, candidates: torch.Tensor, history: torch.Tensor, feedback: torch.Tensor, mask: torch.Tensor
+        self, candidates: torch.Tensor, history: torch.Tensor, feedback: torch.Tensor, mask: torch.Tensor,
+        watched: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Match features.
 
@@ -490,11 +534,13 @@ class HistoryMatch(nn.Module):
             history: ``(B, H, d)`` float32 fused past item vectors.
             feedback: ``(B, H, 2)`` float32 ``[clicked, engagement minutes]``.
             mask: ``(B, H)`` float32, 1 for a real past step.
+            watched: ``(B, H)`` float32 watched fraction of each past step (when the
+                scorer knows durations).
 
         Returns:
             ``(B, K, hidden_dim)`` float32.
         """
-        return self.stats[2](self.hidden(self.statistics(candidates, history, feedback, mask)))
+        return self.stats[2](self.hidden(self.statistics(candidates, history, feedback, mask, watched)))
 
 
 class Scorer(nn.Module):
@@ -507,6 +553,12 @@ class Scorer(nn.Module):
             observations (int64 item rows) and gathers vectors itself. Held as a
             non-persistent buffer: it is not in `state_dict`, so weights move freely
             between the two observation modes.
+        item_features: ``(N, F)`` float32 item metadata, required when
+            ``config.item_features`` lists any (``F`` of them, in that order; build it
+            with `recsim_mm.item_features.item_feature_table`). Held as a persistent
+            buffer: the values a ranker learned with travel with its weights. In
+            ``embeddings`` mode the scorer finds each vector's row in ``item_table``
+            (exact match) to look its features up.
 
     Observation dict (batched, leading ``B``):
         ``history_items`` ``(B, H, d)`` float32 or ``(B, H)`` int64 rows;
@@ -527,7 +579,8 @@ class Scorer(nn.Module):
         torch.Size([2, 5])
     """
 
-    def __init__(self, config: ScorerConfig, item_table: torch.Tensor | None = None):
+    def __init__(self, config: ScorerConfig, item_table: torch.Tensor | None = None,
+                 item_features: torch.Tensor | None = None):
         super().__init__()
         self.config = config
         if item_table is not None:
@@ -539,6 +592,22 @@ class Scorer(nn.Module):
             self.register_buffer("item_table", item_table.detach().float().clone(), persistent=False)
         else:
             self.item_table = None
+        if config.item_features:
+            names = list(config.item_features)
+            if item_table is None or item_features is None:
+                raise ValueError(
+                    f"ScorerConfig.item_features={names} are looked up by item row: build the scorer with "
+                    "item_table=item_space.fused and item_features=item_feature_table(item_space, "
+                    f"{tuple(names)}, log) (recsim_mm.item_features), or set item_features=()")
+            expected = (item_table.shape[0], len(names))
+            if tuple(item_features.shape) != expected:
+                raise ValueError(f"item_features must be (N, F) = {expected} for features {names}; "
+                                 f"got {tuple(item_features.shape)}")
+            self.register_buffer("item_feature_table", item_features.detach().float().clone())
+        else:
+            if item_features is not None and item_features.numel():
+                raise ValueError("item_features were given but ScorerConfig.item_features is empty")
+            self.item_feature_table = None
         if config.modality == "id":
             if item_table is None:
                 raise ValueError("ScorerConfig.modality='id' learns one embedding per catalog item: "
@@ -554,16 +623,27 @@ class Scorer(nn.Module):
         self.engagement_head = _mlp(width, h, 1, config.dropout) if config.engagement_head else None
 
     @classmethod
-    def for_item_space(cls, item_space, ids: bool = True, **config_overrides) -> Scorer:
+    def for_item_space(cls, item_space, ids: bool = True, log=None, **config_overrides) -> Scorer:
         """A scorer sized for ``item_space`` (an `ItemSpace`).
 
         Args:
-            item_space: gives ``d_text`` / ``d_image`` and, with ``ids=True``, the table.
-            ids: hold ``item_space.fused`` so ``ids``-mode observations work.
+            item_space: gives ``d_text`` / ``d_image``, the table and the durations.
+            ids: hold ``item_space.fused`` so ``ids``-mode observations work (needed
+                for item features; ``ids=False`` builds a scorer without them).
+            log: the training `InteractionLog`, for the log-based item features
+                (None: those are 0).
             **config_overrides: any other `ScorerConfig` field.
         """
+        if not ids:
+            config_overrides.setdefault("item_features", ())
         config = ScorerConfig(d_text=item_space.d_text, d_image=item_space.d_image, **config_overrides)
-        return cls(config, item_table=item_space.fused if ids else None)
+        features = item_feature_table(item_space, config.item_features, log) if config.item_features else None
+        return cls(config, item_table=item_space.fused if ids else None, item_features=features)
+
+    def item_durations(self, rows: torch.Tensor) -> torch.Tensor:
+        """Durations (minutes, float32, shape of ``rows``) of items by row; needs ``"duration"`` among the features."""
+        column = self.config.item_features.index("duration")
+        return self.item_feature_table[:, column].index_select(0, rows.reshape(-1).long()).exp().reshape(rows.shape)
 
     @property
     def item_vectors(self) -> torch.Tensor | None:
@@ -600,6 +680,43 @@ class Scorer(nn.Module):
             )
         return value.float()
 
+    def _prepare(self, obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Checked ``obs``; with item features and ``embeddings``-mode items, the items as rows.
+
+        Raises:
+            ValueError: an item vector that is no row of the item table.
+        """
+        self._check(obs)
+        if self.item_feature_table is None or not obs[CANDIDATE_ITEMS].is_floating_point():
+            return obs
+        obs = dict(obs)
+        for key, ndim in ((CANDIDATE_ITEMS, 2), (HISTORY_ITEMS, 2)):
+            vectors = self._vectors(obs, key, ndim)
+            flat = vectors.reshape(-1, vectors.shape[-1])
+            rows = (flat @ self.item_table.T).argmax(dim=-1)
+            exact = (self.item_table.index_select(0, rows) - flat).abs().amax(dim=-1) <= 1e-5
+            if key == HISTORY_ITEMS:  # padded steps hold zero vectors
+                exact |= obs[HISTORY_MASK].reshape(-1) <= 0
+            if not bool(exact.all()):
+                raise ValueError(f"obs[{key!r}] holds a vector that is no row of the scorer's item table; the item "
+                                 "features are looked up by row, so the observation must come from this item space")
+            obs[key] = rows.reshape(vectors.shape[:-1])
+        return obs
+
+    def _features(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """``(*rows.shape, F)`` item features of item rows, or None without features."""
+        if self.item_feature_table is None:
+            return None
+        return self.item_feature_table.index_select(0, rows.reshape(-1).long()).reshape(*rows.shape, -1)
+
+    def _watched(self, obs: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """``(B, H)`` float32 watched fraction of each past step (minutes / duration; 0
+        without a click), or None when the scorer does not know durations."""
+        if not self.config.knows_duration:
+            return None
+        feedback = obs[HISTORY_FEEDBACK].float()
+        return feedback[..., 1] * feedback[..., 0] / self.item_durations(obs[HISTORY_ITEMS])
+
     def _check(self, obs: dict[str, torch.Tensor]) -> None:
         missing = [k for k in REQUIRED_KEYS if k not in obs]
         if self.config.use_time_left and "time_left" not in obs:
@@ -623,7 +740,8 @@ class Scorer(nn.Module):
         """The click head, then the engagement head when built."""
         return [self.click_head] + ([self.engagement_head] if self.engagement_head is not None else [])
 
-    def _item_terms(self, items: torch.Tensor, heads: int, history_part: bool = True) -> tuple[torch.Tensor, ...]:
+    def _item_terms(self, items: torch.Tensor, heads: int, history_part: bool = True,
+                    features: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """Per-item terms of item vectors ``(..., d)``, each ``(..., width)`` float32.
 
         In order: the item-tower vector ``z`` (h), the first ``heads`` heads' ``W_i z``
@@ -631,7 +749,7 @@ class Scorer(nn.Module):
         user encoder's `UserEncoder.item_part` of ``z``. One matrix product after the tower.
         """
         h = self.config.hidden_dim
-        z = self.item_tower(items)
+        z = self.item_tower(items, features)
         weights = [head[0].weight[:, h : 2 * h] for head in self._heads()[:heads]]
         widths = [h] * len(weights)
         if history_part:
@@ -655,11 +773,12 @@ class Scorer(nn.Module):
         """
         if torch.is_grad_enabled():
             self._catalog_cache = None
-            return self._item_terms(self.item_vectors, heads)
+            return self._item_terms(self.item_vectors, heads, features=self.item_feature_table)
         key = self._weights_key()
         cache = getattr(self, "_catalog_cache", None)
         if cache is None or cache[0] != key:
-            terms = tuple(t.contiguous() for t in self._item_terms(self.item_vectors, len(self._heads())))
+            terms = tuple(t.contiguous() for t in self._item_terms(self.item_vectors, len(self._heads()),
+                                                                   features=self.item_feature_table))
             cache = self._catalog_cache = (key, terms)
         return cache[1][: 1 + heads] + cache[1][-1:]
 
@@ -676,7 +795,7 @@ class Scorer(nn.Module):
             slots = self._parameter_slots = [
                 (module._parameters, name) for module in self.modules() for name in module._parameters
             ]
-        tensors = [self.item_table, *(params[name] for params, name in slots)]
+        tensors = [self.item_table, self.item_feature_table, *(params[name] for params, name in slots)]
         return tuple((t.data_ptr(), t._version) for t in tensors if t is not None)
 
     def _cosine_table(self) -> torch.Tensor | None:
@@ -750,8 +869,10 @@ class Scorer(nn.Module):
                 history_table.index_select(0, history.reshape(-1).long()).reshape(*history.shape, -1),
             )
         return (
-            list(self._item_terms(self._vectors(obs, CANDIDATE_ITEMS, 2), heads, history_part=False)),
-            self.user_encoder.item_part(self.item_tower(self._vectors(obs, HISTORY_ITEMS, 2))),
+            list(self._item_terms(self._vectors(obs, CANDIDATE_ITEMS, 2), heads, history_part=False,
+                                  features=self._features(candidates) if ids_mode else None)),
+            self.user_encoder.item_part(self.item_tower(self._vectors(obs, HISTORY_ITEMS, 2),
+                                                        self._features(history) if ids_mode else None)),
         )
 
     def _user_inputs(self, obs: dict[str, torch.Tensor], length: int) -> tuple:
@@ -785,7 +906,7 @@ class Scorer(nn.Module):
 
         ``history``: precomputed item-tower outputs of the history ``(B, H, h)``.
         """
-        self._check(obs)
+        obs = self._prepare(obs)
         if history is None:
             item_part = self._gathered_terms(obs)[1]
         else:
@@ -794,8 +915,7 @@ class Scorer(nn.Module):
 
     def _scores(self, obs: dict[str, torch.Tensor], all_heads: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The click head's output ``(B, K)`` (``all_heads``: then the engagement head's)
-        and the user state ``(B, h)``."""
-        self._check(obs)
+        and the user state ``(B, h)``; ``obs`` must have passed `_prepare`."""
         h = self.config.hidden_dim
         heads = self._heads() if all_heads else self._heads()[:1]
         (items, *item_terms), history_part = self._gathered_terms(obs, len(heads))
@@ -804,7 +924,8 @@ class Scorer(nn.Module):
         match_hidden = None
         if self.history_match is not None:
             match = self.history_match
-            pooled = match.pooled(self._match_cosines(obs), obs[HISTORY_FEEDBACK].float(), obs[HISTORY_MASK].float())
+            pooled = match.pooled(self._match_cosines(obs), obs[HISTORY_FEEDBACK].float(), obs[HISTORY_MASK].float(),
+                                  self._watched(obs))
             match_hidden = match.hidden_from_pooled(pooled).reshape(-1, h)  # (B * K, h)
             last = match.stats[2]
         outputs = []
@@ -829,10 +950,10 @@ class Scorer(nn.Module):
         equals `forward` to float tolerance, but `forward` never builds this tensor (it
         applies the heads' first layer term by term, see the comment above `_heads`).
         """
-        self._check(obs)
-        items = self.item_tower(self._vectors(obs, CANDIDATE_ITEMS, 2))
+        obs = self._prepare(obs)
+        items = self.item_tower(self._vectors(obs, CANDIDATE_ITEMS, 2), self._features(obs[CANDIDATE_ITEMS]))
         user = self.user_encoder(
-            self.item_tower(self._vectors(obs, HISTORY_ITEMS, 2)),
+            self.item_tower(self._vectors(obs, HISTORY_ITEMS, 2), self._features(obs[HISTORY_ITEMS])),
             *self._user_inputs(obs, obs[HISTORY_MASK].shape[1]),
         )
         expanded = user.unsqueeze(1).expand_as(items)
@@ -843,6 +964,7 @@ class Scorer(nn.Module):
                 self._vectors(obs, HISTORY_ITEMS, 2),
                 obs[HISTORY_FEEDBACK].float(),
                 obs[HISTORY_MASK].float(),
+                self._watched(obs),
             ))
         return torch.cat(parts, dim=-1)
 
@@ -851,12 +973,46 @@ class Scorer(nn.Module):
 
         Actor-critic policies need both; this encodes the history once.
         """
-        outputs, user = self._scores(obs, all_heads=False)
+        outputs, user = self._scores(self._prepare(obs), all_heads=False)
         return outputs[0], user
 
     def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Click logits ``(B, K)`` float32, one per candidate (PPO logits / DQN values)."""
-        return self._scores(obs, all_heads=False)[0][0]
+        """Click logits ``(B, K)`` float32, one per candidate."""
+        return self._scores(self._prepare(obs), all_heads=False)[0][0]
+
+    def _log_engagement(self, raw: torch.Tensor, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``log E[minutes | click]`` ``(B, K)`` from the engagement head's raw output."""
+        if self.config.knows_duration:  # minutes = watched fraction x duration
+            return F.logsigmoid(raw) + torch.log(self.item_durations(obs[CANDIDATE_ITEMS]))
+        return torch.log(F.softplus(raw).clamp_min(1e-6))
+
+    def log_expected_reward(self, obs: dict[str, torch.Tensor], objective: str = "engagement"
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``log`` of each candidate's expected reward and the user state, from one pass.
+
+        Args:
+            obs: a batched observation (either mode).
+            objective: ``"engagement"``: ``log(P(click) x E[minutes | click])`` (the
+                expected reward of an engagement environment, what the greedy ranker
+                ranks by); ``"click"``: ``log P(click)``.
+
+        Returns:
+            ``(B, K)`` float32 log expected reward (log minutes, or log probability),
+            ``(B, hidden_dim)`` float32 user state.
+
+        Raises:
+            ValueError: ``"engagement"`` without the engagement head, or an unknown objective.
+        """
+        if objective not in ("engagement", "click"):
+            raise ValueError(f"objective={objective!r}; expected 'engagement' or 'click'")
+        if objective == "engagement" and self.engagement_head is None:
+            raise ValueError("objective='engagement' needs the engagement head (ScorerConfig.engagement_head=True)")
+        obs = self._prepare(obs)
+        outputs, user = self._scores(obs, all_heads=objective == "engagement")
+        log_reward = F.logsigmoid(outputs[0])
+        if objective == "engagement":
+            log_reward = log_reward + self._log_engagement(outputs[1], obs)
+        return log_reward, user
 
     def predict(self, obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Both heads at once.
@@ -864,10 +1020,14 @@ class Scorer(nn.Module):
         Returns:
             ``{"click_logit": (B, K) float32}`` plus, with the engagement head,
             ``"engagement": (B, K)`` float32 minutes predicted given a click
-            (softplus, so never negative).
+            (with item durations: duration x sigmoid(head), the watched fraction times
+            the item's length; without: softplus(head); never negative).
         """
+        obs = self._prepare(obs)
         outputs, _ = self._scores(obs, all_heads=True)
         out = {"click_logit": outputs[0]}
         if self.engagement_head is not None:
-            out["engagement"] = F.softplus(outputs[1])
+            raw = outputs[1]
+            out["engagement"] = (torch.sigmoid(raw) * self.item_durations(obs[CANDIDATE_ITEMS])
+                                 if self.config.knows_duration else F.softplus(raw))
         return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -72,7 +73,7 @@ def test_ids_mode_and_embeddings_mode_give_the_same_scores(encoder, fusion):
 
 
 def test_state_dict_excludes_item_table_and_moves_between_modes():
-    with_table = make()
+    with_table = make(item_features=())  # item metadata is looked up by row: it needs the table
     without = Scorer(with_table.config)
     assert "item_table" not in with_table.state_dict()
     without.load_state_dict(with_table.state_dict())
@@ -97,14 +98,14 @@ def test_padded_history_steps_do_not_change_scores(encoder):
 
 @pytest.mark.parametrize("modality,ignored", [("text", slice(8, 14)), ("image", slice(0, 8))])
 def test_modality_ablation_reads_only_its_part(modality, ignored):
-    scorer = make(modality=modality)
+    scorer = make(modality=modality, item_features=())  # vectors perturbed off the table: no row lookup
     obs = as_embeddings(ids_obs())
     changed = {k: v.clone() for k, v in obs.items()}
     changed["candidate_items"][..., ignored] = torch.randn_like(changed["candidate_items"][..., ignored])
     changed["history_items"][..., ignored] = 0.0
     with torch.no_grad():
         torch.testing.assert_close(scorer(changed), scorer(obs), rtol=0, atol=1e-6)
-    fused = make(modality="fused")
+    fused = make(modality="fused", item_features=())
     with torch.no_grad():
         assert not torch.allclose(fused(changed), fused(obs))
 
@@ -123,7 +124,7 @@ def test_missing_key_is_named():
 
 
 def test_ids_observation_without_item_table_is_refused():
-    scorer = Scorer(make().config)
+    scorer = Scorer(make(item_features=()).config)
     with pytest.raises(ValueError, match="no item table"):
         scorer(ids_obs())
 
@@ -175,12 +176,14 @@ def test_catalog_tower_shortcut_matches_per_row_tower_and_gradients(encoder, fus
 @pytest.mark.parametrize("history_match", [True, False])
 def test_split_heads_equal_the_unsplit_computation_on_pair_features(encoder, fusion, history_match):
     scorer = make(user_encoder=encoder, fusion=fusion, history_match=history_match)
-    for obs in (ids_obs(batch=16), as_embeddings(ids_obs())):
+    ids = ids_obs(batch=16)
+    for obs in (ids, as_embeddings(ids)):
         with torch.no_grad():
             pair = scorer.pair_features(obs)
             out = scorer.predict(obs)
         torch.testing.assert_close(out["click_logit"], scorer.click_head(pair).squeeze(-1), rtol=1e-5, atol=1e-5)
-        expected = torch.nn.functional.softplus(scorer.engagement_head(pair).squeeze(-1))
+        # with item durations the engagement head predicts the watched fraction of the item's length
+        expected = torch.sigmoid(scorer.engagement_head(pair).squeeze(-1)) * SPACE.duration[ids["candidate_items"]]
         torch.testing.assert_close(out["engagement"], expected, rtol=1e-5, atol=1e-5)
 
 
@@ -211,7 +214,7 @@ def _encoder_as_first_written(encoder, history, feedback, mask, time_left):
 def test_attention_user_encoder_equals_multihead_attention_over_the_token_sequence():
     # values and gradients: the folded encoder (no keys, values projected after the
     # softmax) is the same function of the same parameters
-    folded, reference = make(seed=4), make(seed=4)
+    folded, reference = make(seed=4, item_features=()), make(seed=4, item_features=())
     obs = as_embeddings(ids_obs(batch=6))
     args = obs["history_feedback"], obs["history_mask"]
     got = folded.user_encoder(folded.item_tower(obs["history_items"]), *args, obs["time_left"], None)
@@ -230,7 +233,7 @@ def test_attention_user_encoder_equals_multihead_attention_over_the_token_sequen
 def test_history_statistics_equal_the_per_part_formulas():
     # the statistics as first written (a loop over parts, decayed profile vectors),
     # against `statistics` (all parts' cosine poolings in one product), on random input
-    match = Scorer(ScorerConfig(d_text=8, d_image=6, hidden_dim=16)).history_match
+    match = Scorer(ScorerConfig(d_text=8, d_image=6, hidden_dim=16, item_features=())).history_match
     obs = as_embeddings(ids_obs(batch=8))
     candidates, history = obs["candidate_items"], obs["history_items"]
     feedback, mask = obs["history_feedback"], obs["history_mask"]
@@ -278,7 +281,7 @@ def test_cached_catalog_terms_equal_recomputed_and_refresh_after_an_optimizer_st
 
 
 def test_decayed_history_statistics_equal_a_hand_computed_value():
-    config = ScorerConfig(d_text=2, d_image=2, hidden_dim=4, num_heads=1, history_decays=(0.5,))
+    config = ScorerConfig(d_text=2, d_image=2, hidden_dim=4, num_heads=1, history_decays=(0.5,), item_features=())
     match = Scorer(config).history_match
     # H = 3 steps (oldest first, the first one padding), one candidate
     history = torch.tensor([[[9.0, 9.0, 9.0, 9.0], [1.0, 0.0, 0.0, 1.0], [0.0, 1.0, 0.6, 0.8]]])
@@ -308,7 +311,7 @@ def test_history_decays_survive_a_json_round_trip():
 
 
 def test_id_only_scorer_learns_one_embedding_per_item_and_reads_no_content():
-    config = ScorerConfig(d_text=8, d_image=6, hidden_dim=16, num_heads=2, modality="id")
+    config = ScorerConfig(d_text=8, d_image=6, hidden_dim=16, num_heads=2, modality="id", item_features=())
     torch.manual_seed(0)
     scorer = Scorer(config, item_table=SPACE.fused)
     assert scorer.item_embedding.shape == SPACE.fused.shape
@@ -331,3 +334,67 @@ def test_id_only_scorer_learns_one_embedding_per_item_and_reads_no_content():
         scorer(vectors)
     with pytest.raises(ValueError, match="modality='id' learns one embedding per catalog item"):
         Scorer(config)
+
+
+# -- item metadata and the watched-fraction history (what the user model uses) ----------
+
+
+def test_watched_fraction_statistic_at_the_users_decay_is_their_hidden_satiation():
+    # Satiation users: satiation of item x = relu(<m, x>), m <- 0.8 m + watched * x / 2 after
+    # each click. Rebuilt from the observation (history items, minutes / duration), the
+    # scorer's watched-fraction statistic at rate 0.8 equals <m, x> while the history holds
+    # every step so far.
+    from envs.vector_env import RecVectorEnv
+
+    space = ItemSpace.random(80, d_text=8, d_image=6, seed=5)
+    env = RecVectorEnv(32, item_space=space, obs_mode="ids", device="cpu", user_model="satiation",
+                       history_length=12, num_candidates=6)
+    obs, _ = env.reset(seed=1)
+    rng = np.random.default_rng(0)
+    for _ in range(8):
+        obs, *_ = env.step(rng.integers(0, 6, size=32))
+    scorer = Scorer.for_item_space(space, hidden_dim=8, num_heads=2, history_decays=(0.8,))
+    match = scorer.history_match
+    batch = {k: torch.as_tensor(v) for k, v in obs.items()}
+    batch["history_items"] = batch["history_items"].long()
+    batch["candidate_items"] = batch["candidate_items"].long()
+    stats = match.statistics(space.fused[batch["candidate_items"]], space.fused[batch["history_items"]],
+                             batch["history_feedback"], batch["history_mask"], scorer._watched(batch))
+    per_part = 4 + 3  # clicked, skipped, engaged means, clicked max; clicked, minutes, watched at 0.8
+    watched_column = [p * per_part + 6 for p in range(2)]
+    rebuilt = stats[..., watched_column].sum(-1) / 2  # the two parts' dot products make the fused one
+    memory = env.simulator.users.satiation  # (B, d) hidden
+    hidden = torch.einsum("bd,bkd->bk", memory, space.fused[batch["candidate_items"]])
+    assert (batch["history_mask"][:, 0] == 0).all()  # 8 steps < H = 12: every session is whole in the history
+    assert (batch["history_feedback"][..., 0].sum(1) > 0).sum() > 20  # most users clicked something
+    torch.testing.assert_close(rebuilt, hidden, rtol=1e-4, atol=1e-4)
+
+
+def test_item_features_are_duration_and_log_popularity_and_travel_with_the_weights():
+    from recsim_mm.item_features import item_feature_table
+
+    scorer = make()
+    table = scorer.item_feature_table
+    assert table.shape == (SPACE.num_items, 3)
+    torch.testing.assert_close(table[:, 0].exp(), SPACE.duration)  # durations read back exactly
+    assert torch.equal(table[:, 1:], torch.zeros(SPACE.num_items, 2))  # no log: no popularity information
+    other = Scorer(scorer.config, item_table=SPACE.fused, item_features=torch.zeros_like(table))
+    other.load_state_dict(scorer.state_dict())
+    assert torch.equal(other.item_feature_table, table)
+    with pytest.raises(ValueError, match="item_features must be \\(N, F\\) = \\(60, 3\\)"):
+        Scorer(scorer.config, item_table=SPACE.fused, item_features=torch.zeros(60, 2))
+    with pytest.raises(ValueError, match="looked up by item row"):
+        Scorer(scorer.config)
+    with pytest.raises(ValueError, match="unknown"):
+        ScorerConfig(d_text=8, d_image=6, item_features=("quality",))  # hidden: not a platform feature
+    with pytest.raises(ValueError, match="duration 0.0; expected > 0 minutes"):
+        broken = ItemSpace(SPACE.item_ids, SPACE.text, SPACE.image, SPACE.quality,
+                           SPACE.duration.clone().index_fill_(0, torch.tensor([4]), 0.0))
+        item_feature_table(broken)
+
+
+def test_embeddings_mode_vector_off_the_item_table_is_refused_with_item_features():
+    obs = as_embeddings(ids_obs())
+    obs["candidate_items"] = obs["candidate_items"] + 0.5
+    with pytest.raises(ValueError, match="candidate_items.*no row of the scorer's item table"):
+        make()(obs)
