@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
@@ -38,8 +39,13 @@ class ProgressCallback(BaseCallback):
 
 class LearningCurveCallback(BaseCallback):
     """Every ``every`` environment steps: the deterministic policy's mean episode return
-    on held-out curve users, appended to ``path`` (JSON ``[[step, return], ...]``) and
-    logged to TensorBoard as ``eval/episode_return``.
+    on held-out curve users and the critic's latest explained variance, appended to
+    ``path`` (JSON ``[[step, return, explained variance or null], ...]``) and logged to
+    TensorBoard as ``eval/episode_return``.
+
+    The explained variance is SB3's ``train/explained_variance`` of the last update
+    before the point (``1 - Var(returns - values) / Var(returns)`` over the rollout;
+    null before the first update and for algorithms without a critic).
 
     Deterministic prediction draws no random numbers and the curve users have their
     own simulator (``env``, reset with ``seed`` at every point), so the curve never
@@ -57,13 +63,13 @@ class LearningCurveCallback(BaseCallback):
     def __init__(self, env: Any, seed: int, every: int, item_table: torch.Tensor, path: Path):
         super().__init__()
         self.env, self.seed, self.every, self.item_table, self.path = env, seed, every, item_table, Path(path)
-        self.rows: list[tuple[int, float]] = []
+        self.rows: list[tuple] = []
         self._next = 0
 
     def _on_training_start(self) -> None:
         if self.path.exists():
             rows = json.loads(self.path.read_text())
-            self.rows = [(int(s), float(r)) for s, r in rows if s <= self.num_timesteps]
+            self.rows = [(int(s), float(r), *rest[:1]) for s, r, *rest in rows if s <= self.num_timesteps]
         if not self.rows or self.rows[-1][0] < self.num_timesteps:
             self._evaluate()
         self._next = (self.num_timesteps // self.every + 1) * self.every
@@ -81,6 +87,8 @@ class LearningCurveCallback(BaseCallback):
     def _evaluate(self) -> None:
         result = evaluate_recommender(self.model, self.env, seed=self.seed, item_table=self.item_table)
         value = result.summary()["episode_return"]
-        self.rows.append((int(self.num_timesteps), float(value)))
+        explained = self.model.logger.name_to_value.get("train/explained_variance")
+        explained = None if explained is None or not np.isfinite(explained) else float(explained)
+        self.rows.append((int(self.num_timesteps), float(value), explained))
         self.logger.record("eval/episode_return", value)
         write_json(self.path, self.rows)

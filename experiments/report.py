@@ -242,6 +242,8 @@ class EnvResults:
         rl_strategies: the RL strategies (``algo-start``), compared with the greedy ranker.
         offline: the ranker's held-out offline metrics ``{modality: {seed: {metric: value}}}``.
         curves: ``{strategy: {seed: [(step, episode return), ...]}}``.
+        critic: ``{strategy: {seed: [(step, explained variance), ...]}}``: the critic's
+            explained variance at the curve points (agents with a critic).
         traces: one held-out user's hidden state per strategy (see
             `plot_interest_trajectory`), or None.
         artifacts: ``{name: (checkpoint file, tensorboard folder)}`` copied into the
@@ -262,6 +264,7 @@ class EnvResults:
     rl_strategies: list[str] = field(default_factory=list)
     offline: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
     curves: dict[str, dict[int, list[tuple[int, float]]]] = field(default_factory=dict)
+    critic: dict[str, dict[int, list[tuple[int, float]]]] = field(default_factory=dict)
     by_step: dict[str, dict[int, list[list[float]]]] = field(default_factory=dict)
     traces: dict[str, dict[str, np.ndarray]] | None = None
     artifacts: dict[str, tuple[Path, Path]] = field(default_factory=dict)
@@ -309,10 +312,13 @@ def write_report(run_dir: Path, results: EnvResults, config_yaml: str, topic_nam
         plot_fairness_tradeoff(metrics, plots / "fairness_tradeoff.png")
     if results.curves:
         level = mean_ci(list(results.curve_levels.get("greedy", {}).values()))[0]
-        plot_learning_curves(results.curves, level, plots / "learning_curves.png")
-        write_rows(run_dir / "learning_curves.csv", ["strategy", "seed", "step", "episode_return"],
-                   [(n, s, step, float(r)) for n, per in results.curves.items() for s, rows in per.items()
-                    for step, r in rows])
+        plot_learning_curves(results.curves, level, plots / "learning_curves.png", results.critic)
+        explained = {(n, s, step): ev for n, per in results.critic.items() for s, rows in per.items()
+                     for step, ev in rows}
+        write_rows(run_dir / "learning_curves.csv", ["strategy", "seed", "step", "episode_return",
+                                                     "explained_variance"],
+                   [(n, s, step, float(r), explained.get((n, s, step), "")) for n, per in results.curves.items()
+                    for s, rows in per.items() for step, r in rows])
     if results.by_step:
         write_rows(run_dir / "ctr_by_step.csv", ["strategy", "seed", "step", "clicks", "users", "ctr"],
                    [(n, seed, t + 1, float(c), int(u), float(c) / max(int(u), 1))
@@ -467,27 +473,57 @@ def _pyplot():
     return plt
 
 
+def _mean_band(per_seed: dict[int, list[tuple[int, float]]]) -> tuple[list[int], np.ndarray] | None:
+    """Steps and a ``(seeds, steps)`` grid of values (NaN where a seed has no point), or None."""
+    steps = sorted({s for rows in per_seed.values() for s, _ in rows})
+    if not steps:
+        return None
+    grid = np.full((len(per_seed), len(steps)), np.nan)
+    for i, rows in enumerate(per_seed.values()):
+        lookup = dict(rows)
+        grid[i] = [lookup.get(s, np.nan) for s in steps]
+    return steps, grid
+
+
 def plot_learning_curves(
     curves: dict[str, dict[int, list[tuple[int, float]]]],
     greedy_level: float | None,
     path: Path,
+    critic: dict[str, dict[int, list[tuple[int, float]]]] | None = None,
 ) -> None:
     """Episode return on held-out curve users vs environment steps, mean over seeds
-    (band: min-max over seeds), with the greedy ranker's level on the same users."""
+    (band: min-max over seeds), with the greedy ranker's level on the same users; with
+    ``critic``, a second panel shows the critics' explained variance at the same steps."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    if critic:
+        fig, (ax, ax_critic) = plt.subplots(2, 1, figsize=(7, 6.4), sharex=True, height_ratios=(2.2, 1))
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+    colors = {}
     for strategy, per_seed in curves.items():
-        steps = sorted({s for rows in per_seed.values() for s, _ in rows})
-        if not steps:
+        grid = _mean_band(per_seed)
+        if grid is None:
             continue
-        grid = np.full((len(per_seed), len(steps)), np.nan)
-        for i, rows in enumerate(per_seed.values()):
-            lookup = dict(rows)
-            grid[i] = [lookup.get(s, np.nan) for s in steps]
-        mean = np.nanmean(grid, axis=0)
-        line, = ax.plot(steps, mean, marker="o", ms=3, label=strategy)
+        steps, grid = grid
+        line, = ax.plot(steps, np.nanmean(grid, axis=0), marker="o", ms=3, label=strategy)
+        colors[strategy] = line.get_color()
         if len(per_seed) > 1:
             ax.fill_between(steps, np.nanmin(grid, 0), np.nanmax(grid, 0), color=line.get_color(), alpha=0.2)
+    if critic:
+        for strategy, per_seed in critic.items():
+            grid = _mean_band(per_seed)
+            if grid is None:
+                continue
+            steps, grid = grid
+            ax_critic.plot(steps, np.nanmean(grid, axis=0), marker="o", ms=3, color=colors.get(strategy),
+                           label=strategy)
+            if len(per_seed) > 1:
+                ax_critic.fill_between(steps, np.nanmin(grid, 0), np.nanmax(grid, 0), color=colors.get(strategy),
+                                       alpha=0.2)
+        ax_critic.axhline(0.0, color="black", lw=0.8)
+        ax_critic.set_ylabel("critic's explained\nvariance")
+        ax_critic.set_xlabel("environment steps")
+        ax_critic.grid(alpha=0.3)
     if greedy_level is not None and np.isfinite(greedy_level):
         ax.axhline(greedy_level, color="black", ls="--", lw=1.2, label="greedy ranker")
     ax.set_xlabel("environment steps")

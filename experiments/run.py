@@ -1115,7 +1115,10 @@ def run_environment(runner: StageRunner, config: ExperimentConfig, env: EnvSetup
     for (name, seed), run in agents.items():
         if (run.stage.dir / "curve.json").is_file():
             rows = json.loads((run.stage.dir / "curve.json").read_text())
-            results.curves.setdefault(name, {})[seed] = [(int(s), float(r)) for s, r in rows]
+            results.curves.setdefault(name, {})[seed] = [(int(s), float(r)) for s, r, *_ in rows]
+            critic = [(int(s), float(rest[0])) for s, _, *rest in rows if rest and rest[0] is not None]
+            if critic:
+                results.critic.setdefault(name, {})[seed] = critic
     results.traces = hidden_state_traces(config, env, item_space, logs, rankers, agents)
     results.explanations = ranker_explanations(config, env, item_space, rankers)
     for (modality, seed), stage in rankers.stages.items():

@@ -36,9 +36,7 @@ def held_out_return(policy, space, seed=777, users=128) -> float:
 
 def make_ranker(space, seed=0) -> Ranker:
     torch.manual_seed(seed)
-    scorer = Scorer(ScorerConfig(d_text=space.d_text, d_image=space.d_image, **SMALL_SCORER),
-                    item_table=space.fused)
-    return Ranker(scorer, space)
+    return Ranker(Scorer.for_item_space(space, **SMALL_SCORER), space)
 
 
 @pytest.mark.slow
@@ -54,23 +52,45 @@ def test_agent_improves_over_random_policy(space, tmp_path, algo, steps):
 
 @pytest.mark.parametrize("algo", ["ppo", "dqn"])
 @pytest.mark.parametrize("obs_mode", ["ids", "embeddings"])
-def test_warm_start_first_logits_equal_ranker_scores(space, algo, obs_mode):
+def test_warm_start_is_the_greedy_expected_reward_policy(space, algo, obs_mode):
+    # PPO's logits are log(expected reward) / temperature, DQN's Q-values the expected
+    # reward itself: the greedy ranker's scores, so both pick greedy's candidate
     ranker = make_ranker(space, seed=3)
-    config = AgentConfig(algo=algo, num_envs=8, device="cpu", learning_starts=10)
+    config = AgentConfig(algo=algo, num_envs=64, device="cpu", learning_starts=10, temperature=0.5)
     venv = make_env(config, ENV_ID, {"obs_mode": obs_mode, "item_space": space})
     model = build_agent(config, venv, space, ranker=ranker)
     venv.seed(5)
     obs = venv.reset()
+    for _ in range(3):  # held-out observations with some history
+        obs, *_ = venv.step(np.random.default_rng(0).integers(0, 20, size=64))
     tensors, _ = model.policy.obs_to_tensor(obs)
+    expected_reward = ranker.policy(objective="engagement").expected_reward(obs)
     with torch.no_grad():
         if algo == "ppo":
             logits = model.policy.get_distribution(tensors).distribution.logits
-            expected = torch.log_softmax(ranker.policy().ranker.scorer(
-                {k: torch.as_tensor(v) for k, v in obs.items()}), dim=-1)
+            expected = torch.log_softmax(expected_reward.log() / 0.5, dim=-1)
         else:
             logits = model.policy.q_net(tensors)
-            expected = ranker.scorer({k: torch.as_tensor(v) for k, v in obs.items()})
-    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+            expected = expected_reward
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
+    greedy = make_baseline("greedy", space.fused, ranker=ranker, objective="engagement")
+    np.testing.assert_array_equal(model.predict(obs, deterministic=True)[0], greedy.predict(obs)[0])
+
+
+def test_warm_ppo_first_learning_curve_point_is_the_greedy_return(space, tmp_path):
+    from agents.callbacks import LearningCurveCallback
+
+    ranker = make_ranker(space, seed=3)
+    curve_env = RecVectorEnv(64, item_space=space, obs_mode="ids", device="cpu")
+    config = AgentConfig(algo="ppo", total_steps=256, num_envs=32, n_steps=8, batch_size=128, device="cpu")
+    curve = LearningCurveCallback(curve_env, 99, 10_000, space.fused, tmp_path / "curve.json")
+    train_agent(config, ENV_ID, {"obs_mode": "ids"}, space, tmp_path, ranker=ranker, callbacks=[curve])
+    greedy = make_baseline("greedy", space.fused, ranker=ranker, objective="engagement")
+    greedy_return = evaluate_recommender(greedy, curve_env, seed=99, item_table=space.fused).summary()
+    first_step, first_return, explained = curve.rows[0]
+    assert first_step == 0 and explained is None  # before the first update: no critic figure yet
+    assert first_return == pytest.approx(greedy_return["episode_return"], rel=1e-6)
+    assert curve.rows[-1][2] is not None  # after an update, the critic's explained variance
 
 
 def test_cold_start_initialisation_is_a_function_of_the_seed(space):

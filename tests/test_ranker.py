@@ -127,7 +127,8 @@ def test_checkpoint_with_another_architecture_is_refused(trained, space, tmp_pat
     with pytest.raises(ValueError, match="tampered.pt: weights do not fit the stored architecture"):
         Ranker.load(tmp_path / "tampered.pt", space)
     with pytest.raises(ValueError, match="architecture mismatch.*modality: 'fused' vs 'text'"):
-        ranker.warm_start(Scorer(dataclasses.replace(ranker.config, modality="text")))
+        ranker.warm_start(Scorer(dataclasses.replace(ranker.config, modality="text"), item_table=space.fused,
+                                 item_features=ranker.scorer.item_feature_table))
 
 
 def test_checkpoint_from_before_history_decays_is_refused_naming_the_field(trained, space, tmp_path):
@@ -147,8 +148,11 @@ def test_training_on_a_log_of_another_item_space_is_refused(logs):
 
 def test_warm_start_gives_the_agent_scorer_identical_scores(trained, space):
     ranker = trained["fused"].ranker
-    agent_scorer = ranker.warm_start(Scorer(ranker.config)).eval()  # embeddings mode, no item table
-    env = gymnasium.make(ENV_ID, item_space=space)
+    # the item metadata (the log's popularity included) comes with the weights: start from zeros
+    blank = torch.zeros_like(ranker.scorer.item_feature_table)
+    agent_scorer = ranker.warm_start(Scorer(ranker.config, item_table=space.fused, item_features=blank)).eval()
+    assert torch.equal(agent_scorer.item_feature_table, ranker.scorer.item_feature_table)
+    env = gymnasium.make(ENV_ID, item_space=space)  # embeddings mode: the scorer finds the rows
     obs, _ = env.reset(seed=7)
     batch = {k: torch.as_tensor(v).unsqueeze(0) for k, v in obs.items()}
     with torch.no_grad():
