@@ -189,7 +189,9 @@ class ValueNormalizer(nn.Module):
 
     def __init__(self, layer: nn.Linear, beta: float = 0.1):
         super().__init__()
-        self.layer, self.beta = layer, beta
+        # not a submodule: the layer's weights live (and are saved) in the critic
+        object.__setattr__(self, "layer", layer)
+        self.beta = beta
         self.register_buffer("mean", torch.zeros(1))
         self.register_buffer("second_moment", torch.ones(1))
         self.register_buffer("initialised", torch.zeros(1))
@@ -240,6 +242,10 @@ class ScorerActorCriticPolicy(ActorCriticPolicy):
         temperature: ``T > 0`` of the actor's logits (log-reward units).
         value_hidden: width of the critic's hidden layers.
         normalize_values: PopArt normalisation of the critic's output.
+        value_lr_scale: the critic's learning rate over the actor's (its own optimizer
+            parameter group, ``lr_scale``; `agents.ppo.PriorRegularizedPPO` keeps it when
+            the schedule updates the rate): a critic learned from scratch beside a
+            warm-started actor needs larger steps than the actor should take.
 
     Actions: ``Discrete(K)`` (a categorical over the candidates) or a slate
     ``MultiDiscrete([K] * S)`` (`PlackettLuceDistribution`: S distinct candidates drawn
@@ -261,10 +267,14 @@ class ScorerActorCriticPolicy(ActorCriticPolicy):
         temperature: float = 0.25,
         value_hidden: int = 64,
         normalize_values: bool = True,
+        value_lr_scale: float = 1.0,
         **kwargs: Any,
     ):
         if scorer_config is None:
             raise ValueError(f"{type(self).__name__} needs policy_kwargs['scorer_config']")
+        if not (isinstance(value_lr_scale, int | float) and value_lr_scale > 0):
+            raise ValueError(f"value_lr_scale={value_lr_scale!r}; expected a number > 0")
+        self._value_lr_scale = float(value_lr_scale)
         if objective not in OBJECTIVES:
             raise ValueError(f"objective={objective!r}; expected one of {OBJECTIVES}")
         if not (isinstance(temperature, int | float) and temperature > 0):
@@ -309,9 +319,12 @@ class ScorerActorCriticPolicy(ActorCriticPolicy):
         )
         self.value_normalizer = ValueNormalizer(last) if self._normalize_values else None
         self.action_dist = self._make_action_dist()
-        self.optimizer = self.optimizer_class(
-            self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs
-        )
+        critic = {id(p) for p in self.value_net.parameters()}
+        groups = [{"params": [p for p in self.parameters() if id(p) not in critic], "lr_scale": 1.0},
+                  {"params": list(self.value_net.parameters()), "lr_scale": self._value_lr_scale}]
+        self.optimizer = self.optimizer_class(groups, lr=lr_schedule(1), **self.optimizer_kwargs)
+        for group in self.optimizer.param_groups:
+            group["lr"] *= group["lr_scale"]
 
     def _actor(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Actor logits ``(B, K)`` and the critic's input ``(B, h + 3)`` (detached)."""
@@ -391,6 +404,7 @@ class ScorerActorCriticPolicy(ActorCriticPolicy):
             temperature=self.temperature,
             value_hidden=self._value_hidden,
             normalize_values=self._normalize_values,
+            value_lr_scale=self._value_lr_scale,
         )
         return data
 

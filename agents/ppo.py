@@ -63,6 +63,14 @@ class PriorRegularizedPPO(PPO):
         self.kl_coef = float(kl_coef)
         super().__init__(policy, env, **kwargs)
 
+    def _update_learning_rate(self, optimizers) -> None:
+        """SB3's schedule update, times each parameter group's ``lr_scale`` (the critic's
+        own rate, `agents.policies.ScorerActorCriticPolicy`'s ``value_lr_scale``)."""
+        super()._update_learning_rate(optimizers)
+        for optimizer in optimizers if isinstance(optimizers, list) else [optimizers]:
+            for group in optimizer.param_groups:
+                group["lr"] *= group.get("lr_scale", 1.0)
+
     def train(self) -> None:
         """One PPO update on the collected rollout (SB3 2.x ``PPO.train`` + the KL term)."""
         if self.kl_coef and getattr(self.policy, "prior", None) is None:  # KL

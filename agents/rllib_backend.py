@@ -27,7 +27,8 @@ per seed)::
 
     from agents.rllib_backend import RLlibConfig, train_rllib_agent
     from agents.train import AgentConfig
-    from recsim_mm.item_space import ItemSpace
+    from recsim_mm.item_features import item_feature_table
+from recsim_mm.item_space import ItemSpace
 
     item_space = ItemSpace.random(200, 8, 8)
     outcome = train_rllib_agent(
@@ -256,14 +257,25 @@ def scorer_config_of(agent: AgentConfig, item_space: ItemSpace, ranker=None) -> 
     return ranker.config.to_dict()
 
 
-def scorer_module_spec(agent: AgentConfig, item_space: ItemSpace, ranker=None):
-    """The `RLModuleSpec` of `agents.rllib_module.ScorerRLModule` (warm-started from ``ranker``)."""
+def scorer_module_spec(agent: AgentConfig, item_space: ItemSpace, ranker=None, objective: str = "engagement"):
+    """The `RLModuleSpec` of `agents.rllib_module.ScorerRLModule` (warm-started from ``ranker``).
+
+    ``objective``: the environment's reward (``"engagement"`` or ``"click"``), what the
+    actor's logits rank by (as the SB3 policy: ``log(expected reward) / temperature``).
+    """
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
     from agents.rllib_module import ScorerRLModule
 
-    model_config = {"scorer_config": scorer_config_of(agent, item_space, ranker),
-                    "item_table": item_space.fused.detach().cpu()}
+    scorer_config = scorer_config_of(agent, item_space, ranker)
+    if ranker is not None:
+        features = ranker.scorer.item_feature_table
+    else:
+        names = ScorerConfig.from_dict(scorer_config).item_features
+        features = item_feature_table(item_space, names) if names else None
+    model_config = {"scorer_config": scorer_config, "item_table": item_space.fused.detach().cpu(),
+                    "item_features": None if features is None else features.detach().cpu(),
+                    "objective": objective, "temperature": agent.temperature, "value_hidden": agent.value_hidden}
     if ranker is not None:
         model_config["scorer_state"] = ranker.warm_start_state_dict()
     return RLModuleSpec(module_class=ScorerRLModule, model_config=model_config)
@@ -291,7 +303,8 @@ def build_rllib_ppo(agent: AgentConfig, rllib: RLlibConfig, env_id: str, env_opt
     """
     check_run(agent, rllib)
     from ray.rllib.algorithms.ppo import PPOConfig
-    module_spec = scorer_module_spec(agent, item_space, ranker)
+    reward = env_options.get("reward", "engagement")
+    module_spec = scorer_module_spec(agent, item_space, ranker, reward if isinstance(reward, str) else "engagement")
     options = {**env_options, "item_space": item_space, "device": "cpu"}
     config = (
         PPOConfig()
@@ -409,7 +422,10 @@ def save_rllib_checkpoint(run_dir: Path, algo, agent: AgentConfig, rllib: RLlibC
         "item_space_fingerprint": item_space.fingerprint(),
         "num_timesteps": int(num_timesteps),
         "n_updates": int(iterations),
-        "policy": module_state(algo),
+        # RLlib's critic predicts returns in reward units: an identity PopArt normaliser
+        # (mean 0, std 1) makes the weights load into the SB3 policy unchanged
+        "policy": {**module_state(algo), "value_normalizer.mean": torch.zeros(1),
+                   "value_normalizer.second_moment": torch.ones(1), "value_normalizer.initialised": torch.ones(1)},
     }
     atomic_torch_save(payload, run_dir / "checkpoint.pt")
 

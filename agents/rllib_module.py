@@ -127,24 +127,33 @@ class ScorerRLModule(TorchRLModule, ValueFunctionAPI):
 
     - ``scorer_config``: `recsim_mm.scorer.ScorerConfig` fields as a dict;
     - ``item_table``: ``(N, d)`` float32 fused item vectors, required in ``ids`` mode;
-    - ``value_hidden``: width of the critic's hidden layer (default 64, as the SB3 policy);
+    - ``item_features``: ``(N, F)`` float32 item metadata when the scorer config lists any;
+    - ``objective`` (``"engagement"`` or ``"click"``) and ``temperature``: the actor's
+      logits are ``log(expected reward) / temperature``, as the SB3 policy's;
+    - ``value_hidden``: width of the critic's hidden layers (default 64, as the SB3 policy);
     - ``scorer_state``: optional scorer ``state_dict`` loaded at construction (warm
       start: the ranker's ``warm_start_state_dict()``), so the learners and every env
       runner start from the ranker's weights.
 
-    Forward passes return ``Columns.ACTION_DIST_INPUTS`` = the scorer's click logits
-    ``(B, K)``; the train pass also returns ``Columns.EMBEDDINGS`` = the user state
-    ``(B, h)``, which `compute_values` maps to values ``(B,)``.
+    Forward passes return ``Columns.ACTION_DIST_INPUTS`` = the scorer's log expected
+    rewards over the temperature ``(B, K)``; the train pass also returns
+    ``Columns.EMBEDDINGS`` = the critic's detached input (user state and the candidates'
+    log-reward max, log-sum-exp and mean, ``(B, h + 3)``), which `compute_values` maps
+    to values ``(B,)``. RLlib's own value-function settings apply (no PopArt here).
     """
 
     def setup(self) -> None:
         config = self.model_config
         candidate_action_distribution(self.action_space)  # a clear error for other action spaces
         self.ids_mode = is_ids_mode(self.observation_space)
-        self.scorer = build_scorer(self.observation_space, config["scorer_config"], config.get("item_table"))
+        self.scorer = build_scorer(self.observation_space, config["scorer_config"], config.get("item_table"),
+                                   config.get("item_features"))
+        self.objective = config.get("objective", "engagement")
+        self.temperature = float(config.get("temperature", 0.25))
         hidden = int(config.get("value_hidden", 64))
         self.value_net = nn.Sequential(
-            nn.Linear(self.scorer.config.hidden_dim, hidden), nn.Tanh(), nn.Linear(hidden, 1)
+            nn.Linear(self.scorer.config.hidden_dim + 3, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+            nn.Linear(hidden, 1),
         )
         if isinstance(self.action_space, gym.spaces.Discrete):
             self.action_dist_cls = TorchCategorical
@@ -156,15 +165,22 @@ class ScorerRLModule(TorchRLModule, ValueFunctionAPI):
     def _obs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         return as_scorer_input(batch[Columns.OBS], self.ids_mode)
 
+    def _actor(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``(B, K)`` and the critic's detached input ``(B, h + 3)``."""
+        log_reward, user_state = self.scorer.log_expected_reward(self._obs(batch), self.objective)
+        detached = log_reward.detach()
+        summary = torch.stack([detached.amax(-1), detached.logsumexp(-1), detached.mean(-1)], dim=-1)
+        return log_reward / self.temperature, torch.cat([user_state.detach(), summary], dim=-1)
+
     def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        return {Columns.ACTION_DIST_INPUTS: self.scorer(self._obs(batch))}
+        return {Columns.ACTION_DIST_INPUTS: self._actor(batch)[0]}
 
     def _forward_train(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        logits, user_state = self.scorer.score_with_state(self._obs(batch))
-        return {Columns.ACTION_DIST_INPUTS: logits, Columns.EMBEDDINGS: user_state}
+        logits, critic_input = self._actor(batch)
+        return {Columns.ACTION_DIST_INPUTS: logits, Columns.EMBEDDINGS: critic_input}
 
     def compute_values(self, batch: dict[str, Any], embeddings: Any = None) -> torch.Tensor:
-        """Values ``(B,)`` float32 from the user state (``embeddings``, or encoded from ``batch``)."""
+        """Values ``(B,)`` float32 from the critic's input (``embeddings``, or computed from ``batch``)."""
         if embeddings is None:
-            embeddings = self.scorer.encode_user(self._obs(batch))
+            embeddings = self._actor(batch)[1]
         return self.value_net(embeddings).squeeze(-1)

@@ -66,6 +66,8 @@ class AgentConfig:
             (`agents.policies.ValueNormalizer`); the value loss is then measured in
             units of the returns' standard deviation.
         value_hidden: width of the critic's two hidden layers.
+        value_lr_scale: the critic's learning rate over ``learning_rate`` (PPO): the
+            critic starts from scratch beside a warm-started actor.
         kl_coef: weight of ``KL(pi || ranker)`` in PPO's loss, its own term
             (`agents.ppo.PriorRegularizedPPO`; needs a ranker, any ``ent_coef``); 0 = off.
         bc_epochs, bc_lr: behaviour cloning of the logged clicked recommendations
@@ -95,6 +97,7 @@ class AgentConfig:
     vf_coef: float = 0.5
     normalize_values: bool = True
     value_hidden: int = 64
+    value_lr_scale: float = 10.0
     # DQN
     buffer_size: int = 50_000
     learning_starts: int = 2_000
@@ -128,7 +131,7 @@ class AgentConfig:
                   "gae_lambda": (0.0, 1.0, "in [0, 1]"), "exploration_fraction": (0.0, 1.0, "in [0, 1]"),
                   "exploration_final_eps": (0.0, 1.0, "in [0, 1]"), "ent_coef": (0.0, None, ">= 0"),
                   "kl_coef": (0.0, None, ">= 0"), "temperature": (0.0, None, "> 0"),
-                  "vf_coef": (0.0, None, ">= 0")}
+                  "vf_coef": (0.0, None, ">= 0"), "value_lr_scale": (0.0, None, "> 0")}
         for name, (low, high, expected) in ranges.items():
             value = getattr(self, name)
             strict = expected == "> 0"
@@ -208,7 +211,7 @@ def build_agent(
                          item_features=item_features, objective=objective, optimizer_kwargs=dict(fused=True))
     if config.algo == "ppo":
         policy_kwargs.update(temperature=config.temperature, value_hidden=config.value_hidden,
-                             normalize_values=config.normalize_values)
+                             normalize_values=config.normalize_values, value_lr_scale=config.value_lr_scale)
     common = dict(
         learning_rate=config.learning_rate,
         gamma=config.gamma,

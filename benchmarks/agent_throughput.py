@@ -39,6 +39,9 @@ CASES = {
     "dqn-64": ("dqn", {"num_envs": 64}, {}, "ids"),
 }
 ALTERNATIVES = {
+    "ppo-128-batch1024": ("ppo", {"num_envs": 128, "batch_size": 1024}, {"hidden_dim": 32, "num_heads": 2}, "ids"),
+    "ppo-128-batch1024-epochs2": ("ppo", {"num_envs": 128, "batch_size": 1024, "n_epochs": 2},
+                                  {"hidden_dim": 32, "num_heads": 2}, "ids"),
     "ppo-256-epochs2": ("ppo", {"num_envs": 256, "n_epochs": 2}, {}, "ids"),
     "ppo-256-batch2048": ("ppo", {"num_envs": 256, "batch_size": 2048}, {}, "ids"),
     "ppo-1024": ("ppo", {"num_envs": 1024}, {}, "ids"),

@@ -490,3 +490,30 @@ def test_resume_with_a_buffer_from_another_item_space_is_refused(space, tmp_path
     other = ItemSpace.random(space.num_items, space.d_text, space.d_image, seed=5)  # another fingerprint
     with pytest.raises(ValueError, match="replay buffer holds transitions on item space"):
         restore_replay_buffer(outcome.model.replay_buffer, state, other, tmp_path / "checkpoint.pt")
+
+
+@pytest.mark.slow
+def test_ppo_critic_explains_returns_on_a_small_problem(space, tmp_path):
+    # The critic (detached, PopArt-normalised, 10x the actor's learning rate) must learn:
+    # the shared tanh critic it replaced stayed at an explained variance of ~1e-7 for 150k
+    # steps. On InterestEvolution (the time budget is visible, so returns are predictable)
+    # it passes 0.1 within 12 updates (0.18 measured at 24,576 steps; 0.04 with the
+    # critic's rate at 1x, 0.007 without the normalisation too).
+    class ExplainedVariance(BaseCallback):
+        def __init__(self):
+            super().__init__()
+            self.values: list[float] = []
+
+        def _on_rollout_start(self) -> None:
+            value = self.model.logger.name_to_value.get("train/explained_variance")
+            if value is not None:
+                self.values.append(float(value))
+
+        def _on_step(self) -> bool:
+            return True
+
+    record = ExplainedVariance()
+    config = AgentConfig(algo="ppo", total_steps=24_576, num_envs=64, device="cpu", scorer=SMALL_SCORER)
+    outcome = train_agent(config, ENV_ID, {"obs_mode": "ids"}, space, tmp_path, callbacks=[record])
+    assert outcome.model.policy.value_normalizer.std > 1.0  # returns of several minutes, in reward units
+    assert max(record.values[-3:]) > 0.1, record.values

@@ -102,7 +102,8 @@ def test_rllib_ppo_on_the_scorer_beats_random_on_satiation_and_warm_start_gives_
     ranker = untrained_ranker(item_space)  # random weights: the run below learns from scratch
     obs, _ = held_out_env(item_space, 64).reset(seed=HELD_OUT_SEED)
     with torch.no_grad():
-        ranker_logits = ranker.scorer(as_tensors(obs))
+        # the actor's logits: log(expected reward) / temperature, as the SB3 policy's
+        ranker_logits = ranker.scorer.log_expected_reward(as_tensors(obs))[0] / AGENT.temperature
     checked = {}
 
     def first_step(algo) -> None:
