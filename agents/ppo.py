@@ -10,7 +10,8 @@ scorer the policy holds (`agents.policies.ScorerActorCriticPolicy.set_prior`).
 
 SB3's ``PPO.train`` computes the loss inline and has no hook for another term, so
 `PriorRegularizedPPO.train` is SB3 2.x's ``PPO.train`` with the KL lines added (each
-marked ``# KL``); everything else is SB3's code unchanged. With ``kl_coef=0`` it runs
+marked ``# KL``); everything else is SB3's code unchanged. With ``kl_coef=0``, a
+policy without a value normaliser and one learning rate for all parameters, it runs
 SB3's computation exactly (the test suite checks that it trains to the same
 parameters as ``PPO``), so it is the PPO of every run.
 

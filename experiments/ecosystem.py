@@ -120,7 +120,8 @@ def platform_runs(options: dict[str, Any], steps: int, seed: int, eval_seeds: li
     """
     env = platforms.parallel_env(**options)
     space = options["item_space"]
-    scorer = ScorerConfig(d_text=space.d_text, d_image=space.d_image, hidden_dim=32).to_dict()
+    # no item metadata: the platforms act on embeddings observations without an item table
+    scorer = ScorerConfig(d_text=space.d_text, d_image=space.d_image, hidden_dim=32, item_features=()).to_dict()
 
     def evaluate(policy_0: Any) -> list[EcosystemHistory]:
         return [run_episode(env, {"platform_0": policy_0, "platform_1": RandomRecommender(seed=s)}, seed=s)

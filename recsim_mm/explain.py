@@ -9,7 +9,9 @@ baseline:
   ``[text part | image part]`` and the fused vectors of the user's past items;
 - the baseline replaces each of them by the catalog's mean item vector (the "average
   item": an attribution says how this item's content, as opposed to an average item's,
-  moved the score), keeping the feedback, mask and time left;
+  moved the score), keeping the feedback, mask and time left, and, for a scorer with
+  item metadata (`recsim_mm.item_features`), every item's own duration and popularity:
+  the attributions are to content only;
 - attributions of the text coordinates (candidate and history) sum to ``text``, of the
   image coordinates to ``image``, and ``text + image = score - baseline_score`` up to
   the Riemann-sum error of ``steps`` points (``completeness_gap`` reports it).
@@ -29,7 +31,7 @@ import numpy as np
 import torch
 
 from recsim_mm.observation import CANDIDATE_ITEMS, HISTORY_ITEMS, HISTORY_MASK
-from recsim_mm.scorer import Scorer
+from recsim_mm.scorer import ROW_KEYS, Scorer
 
 
 @dataclass
@@ -136,6 +138,12 @@ def explain(scorer: Scorer, obs: dict, steps: int = 32, baseline: torch.Tensor |
     rows_candidate = candidates.reshape(b * k, 1, d)
     rows_history = history.repeat_interleave(k, dim=0)
     rows_rest = {key: value.repeat_interleave(k, dim=0) for key, value in rest.items()}
+    if scorer.item_feature_table is not None:
+        # item metadata stays the real items' along the path: only content is interpolated
+        tensors = {key: torch.as_tensor(value).to(device) for key, value in obs.items()}
+        candidate_rows, history_rows = scorer.item_rows(tensors)
+        rows_rest[ROW_KEYS[CANDIDATE_ITEMS]] = candidate_rows.reshape(b * k, 1)
+        rows_rest[ROW_KEYS[HISTORY_ITEMS]] = history_rows.repeat_interleave(k, dim=0)
 
     def output(candidate: torch.Tensor, past: torch.Tensor, rows: slice) -> torch.Tensor:
         batch = {CANDIDATE_ITEMS: candidate, HISTORY_ITEMS: past,

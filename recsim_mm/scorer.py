@@ -64,6 +64,11 @@ USER_ENCODERS = ("attention", "gru")
 FUSIONS = ("gated", "cross_attention")
 MODALITIES = ("fused", "text", "image", "id")
 REQUIRED_KEYS = (HISTORY_ITEMS, HISTORY_FEEDBACK, HISTORY_MASK, CANDIDATE_ITEMS)
+#: Optional observation keys with the item rows of ``embeddings``-mode items, ``(B, K)`` /
+#: ``(B, H)`` int64: where a scorer with item features looks the features up (found by
+#: matching vectors to the item table when absent). `recsim_mm.explain` passes them, as
+#: its interpolated vectors are no catalog rows.
+ROW_KEYS = {CANDIDATE_ITEMS: "candidate_rows", HISTORY_ITEMS: "history_rows"}
 #: Most entries (``N * N * parts``, 8 MiB of float32) of the catalog cosine table a
 #: `Scorer` keeps for `HistoryMatch` in ``ids`` mode (`Scorer._cosine_table`).
 COSINE_TABLE_MAX = 2**21
@@ -681,16 +686,25 @@ class Scorer(nn.Module):
         return value.float()
 
     def _prepare(self, obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Checked ``obs``; with item features and ``embeddings``-mode items, the items as rows.
+        """Checked ``obs``; with item features and ``embeddings``-mode items, their rows
+        added under `ROW_KEYS` (given, or found by matching each vector to the item table).
 
         Raises:
-            ValueError: an item vector that is no row of the item table.
+            ValueError: an item vector that is no row of the item table, or given rows of
+                the wrong shape.
         """
         self._check(obs)
         if self.item_feature_table is None or not obs[CANDIDATE_ITEMS].is_floating_point():
             return obs
         obs = dict(obs)
         for key, ndim in ((CANDIDATE_ITEMS, 2), (HISTORY_ITEMS, 2)):
+            given = obs.get(ROW_KEYS[key])
+            if given is not None:
+                if tuple(given.shape) != tuple(obs[key].shape[:-1]):
+                    raise ValueError(f"obs[{ROW_KEYS[key]!r}] must be the rows of obs[{key!r}], shape "
+                                     f"{tuple(obs[key].shape[:-1])}; got {tuple(given.shape)}")
+                obs[ROW_KEYS[key]] = given.long()
+                continue
             vectors = self._vectors(obs, key, ndim)
             flat = vectors.reshape(-1, vectors.shape[-1])
             rows = (flat @ self.item_table.T).argmax(dim=-1)
@@ -700,8 +714,27 @@ class Scorer(nn.Module):
             if not bool(exact.all()):
                 raise ValueError(f"obs[{key!r}] holds a vector that is no row of the scorer's item table; the item "
                                  "features are looked up by row, so the observation must come from this item space")
-            obs[key] = rows.reshape(vectors.shape[:-1])
+            obs[ROW_KEYS[key]] = rows.reshape(vectors.shape[:-1])
         return obs
+
+    def item_rows(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Item rows of the candidates ``(B, K)`` and past items ``(B, H)``, int64, in either
+        mode, for a scorer with item features (vectors are matched to the item table, as
+        the features are looked up; padded history steps may give any row).
+
+        Raises:
+            ValueError: the scorer has no item features, or a vector is no row of its table.
+        """
+        if self.item_feature_table is None:
+            raise ValueError("item_rows: this scorer reads no item features, so it keeps no rows")
+        prepared = self._prepare(obs)
+        return self._rows(prepared, CANDIDATE_ITEMS).long(), self._rows(prepared, HISTORY_ITEMS).long()
+
+    @staticmethod
+    def _rows(obs: dict[str, torch.Tensor], key: str) -> torch.Tensor:
+        """Item rows of ``obs[key]`` (the ids, or the rows `_prepare` added for vectors)."""
+        value = obs[key]
+        return value if not value.is_floating_point() else obs[ROW_KEYS[key]]
 
     def _features(self, rows: torch.Tensor) -> torch.Tensor | None:
         """``(*rows.shape, F)`` item features of item rows, or None without features."""
@@ -715,7 +748,7 @@ class Scorer(nn.Module):
         if not self.config.knows_duration:
             return None
         feedback = obs[HISTORY_FEEDBACK].float()
-        return feedback[..., 1] * feedback[..., 0] / self.item_durations(obs[HISTORY_ITEMS])
+        return feedback[..., 1] * feedback[..., 0] / self.item_durations(self._rows(obs, HISTORY_ITEMS))
 
     def _check(self, obs: dict[str, torch.Tensor]) -> None:
         missing = [k for k in REQUIRED_KEYS if k not in obs]
@@ -868,11 +901,13 @@ class Scorer(nn.Module):
                 [t.index_select(0, rows).reshape(*candidates.shape, -1) for t in item_tables],
                 history_table.index_select(0, history.reshape(-1).long()).reshape(*history.shape, -1),
             )
+        features = self.item_feature_table is not None
         return (
             list(self._item_terms(self._vectors(obs, CANDIDATE_ITEMS, 2), heads, history_part=False,
-                                  features=self._features(candidates) if ids_mode else None)),
-            self.user_encoder.item_part(self.item_tower(self._vectors(obs, HISTORY_ITEMS, 2),
-                                                        self._features(history) if ids_mode else None)),
+                                  features=self._features(self._rows(obs, CANDIDATE_ITEMS)) if features else None)),
+            self.user_encoder.item_part(self.item_tower(
+                self._vectors(obs, HISTORY_ITEMS, 2),
+                self._features(self._rows(obs, HISTORY_ITEMS)) if features else None)),
         )
 
     def _user_inputs(self, obs: dict[str, torch.Tensor], length: int) -> tuple:
@@ -951,9 +986,13 @@ class Scorer(nn.Module):
         applies the heads' first layer term by term, see the comment above `_heads`).
         """
         obs = self._prepare(obs)
-        items = self.item_tower(self._vectors(obs, CANDIDATE_ITEMS, 2), self._features(obs[CANDIDATE_ITEMS]))
+        items = self.item_tower(self._vectors(obs, CANDIDATE_ITEMS, 2),
+                                self._features(self._rows(obs, CANDIDATE_ITEMS)) if self.item_feature_table is not None
+                                else None)
         user = self.user_encoder(
-            self.item_tower(self._vectors(obs, HISTORY_ITEMS, 2), self._features(obs[HISTORY_ITEMS])),
+            self.item_tower(self._vectors(obs, HISTORY_ITEMS, 2),
+                            self._features(self._rows(obs, HISTORY_ITEMS)) if self.item_feature_table is not None
+                            else None),
             *self._user_inputs(obs, obs[HISTORY_MASK].shape[1]),
         )
         expanded = user.unsqueeze(1).expand_as(items)
@@ -983,7 +1022,7 @@ class Scorer(nn.Module):
     def _log_engagement(self, raw: torch.Tensor, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """``log E[minutes | click]`` ``(B, K)`` from the engagement head's raw output."""
         if self.config.knows_duration:  # minutes = watched fraction x duration
-            return F.logsigmoid(raw) + torch.log(self.item_durations(obs[CANDIDATE_ITEMS]))
+            return F.logsigmoid(raw) + torch.log(self.item_durations(self._rows(obs, CANDIDATE_ITEMS)))
         return torch.log(F.softplus(raw).clamp_min(1e-6))
 
     def log_expected_reward(self, obs: dict[str, torch.Tensor], objective: str = "engagement"
@@ -1028,6 +1067,6 @@ class Scorer(nn.Module):
         out = {"click_logit": outputs[0]}
         if self.engagement_head is not None:
             raw = outputs[1]
-            out["engagement"] = (torch.sigmoid(raw) * self.item_durations(obs[CANDIDATE_ITEMS])
+            out["engagement"] = (torch.sigmoid(raw) * self.item_durations(self._rows(obs, CANDIDATE_ITEMS))
                                  if self.config.knows_duration else F.softplus(raw))
         return out

@@ -16,6 +16,7 @@ from agents.evaluation import evaluate_recommender
 from agents.train import AgentConfig, build_agent, load_agent_checkpoint, make_env, train_agent
 from envs.vector_env import RecVectorEnv
 from recsim_mm import ItemSpace
+from recsim_mm.item_features import item_feature_table
 from recsim_mm.pipeline import default_item_space
 from recsim_mm.ranker import Ranker
 from recsim_mm.scorer import Scorer, ScorerConfig
@@ -238,8 +239,7 @@ def test_behaviour_cloning_raises_the_likelihood_of_logged_clicked_recommendatio
     obs = log.observations(clicked, candidates="all")
     target = torch.as_tensor(log.shown[clicked, log.clicked_slot[clicked]])
     torch.manual_seed(0)
-    scorer = Scorer(ScorerConfig(d_text=space.d_text, d_image=space.d_image, **SMALL_SCORER),
-                    item_table=space.fused)
+    scorer = Scorer.for_item_space(space, **SMALL_SCORER)
 
     def nll() -> float:
         with torch.no_grad():
@@ -421,8 +421,10 @@ def test_prior_regularized_ppo_with_kl_coef_0_trains_exactly_like_sb3_ppo(space)
     def trained(cls, **extra):
         config = AgentConfig(num_envs=16, device="cpu")
         venv = make_env(config, ENV_ID, {"obs_mode": "ids", "item_space": space})
+        # no PopArt normaliser and one learning rate: SB3's PPO has neither
         kwargs = dict(scorer_config=ScorerConfig(d_text=space.d_text, d_image=space.d_image, hidden_dim=16).to_dict(),
-                      item_table=space.fused)
+                      item_table=space.fused, item_features=item_feature_table(space), normalize_values=False,
+                      value_lr_scale=1.0)
         model = cls(ScorerActorCriticPolicy, venv, n_steps=16, batch_size=64, n_epochs=2, seed=5, device="cpu",
                     policy_kwargs=kwargs, **extra)
         model.learn(512)
@@ -441,7 +443,7 @@ def test_prior_regularized_ppo_refuses_a_bad_kl_coef_or_a_missing_prior(space):
     from agents.policies import ScorerActorCriticPolicy
 
     kwargs = dict(scorer_config=ScorerConfig(d_text=space.d_text, d_image=space.d_image, hidden_dim=8).to_dict(),
-                  item_table=space.fused)
+                  item_table=space.fused, item_features=item_feature_table(space))
     with pytest.raises(ValueError, match="kl_coef=-1"):
         PriorRegularizedPPO(ScorerActorCriticPolicy, venv, kl_coef=-1, policy_kwargs=kwargs, device="cpu")
     model = PriorRegularizedPPO(ScorerActorCriticPolicy, venv, kl_coef=0.5, n_steps=8, batch_size=32,

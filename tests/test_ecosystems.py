@@ -366,7 +366,7 @@ def test_independent_learner_trains_against_a_fixed_platform(space):
     from agents.ecosystem_training import PlatformScorerPolicy
     from recsim_mm.scorer import ScorerConfig
 
-    scorer = ScorerConfig(d_text=space.d_text, d_image=space.d_image, hidden_dim=8).to_dict()
+    scorer = ScorerConfig(d_text=space.d_text, d_image=space.d_image, hidden_dim=8, item_features=()).to_dict()
 
     def make_model(agent, view):
         return PPO(

@@ -26,6 +26,7 @@ from envs.vector_env import RecVectorEnv
 from recsim_mm.choice import MultinomialLogit
 from recsim_mm.pipeline import default_item_space
 from recsim_mm.ranker import Ranker
+from recsim_mm.item_features import item_feature_table
 from recsim_mm.scorer import Scorer, ScorerConfig
 
 SLATE_ENV = "recsim_mm/InterestEvolutionSlate-v0"
@@ -123,7 +124,8 @@ def slateq(space, venv, **kwargs) -> SlateQ:
     options = dict(learning_rate=1e-3, buffer_size=50_000, learning_starts=1_000, batch_size=128,
                    train_freq=1, gradient_steps=1, target_update_interval=1_000, exploration_fraction=0.3,
                    exploration_final_eps=0.05, gamma=0.9, seed=0, device="cpu",
-                   policy_kwargs=dict(scorer_config=config, item_table=space.fused.cpu()))
+                   policy_kwargs=dict(scorer_config=config, item_table=space.fused.cpu(),
+                                      item_features=item_feature_table(space)))
     return SlateQ(SlateQPolicy, venv, **{**options, **kwargs})
 
 
@@ -168,8 +170,7 @@ def test_slateq_refuses_one_item_environments_and_non_mnl_users(space):
 @pytest.mark.parametrize("obs_mode", ["ids", "embeddings"])
 def test_warm_start_first_item_values_and_click_model_equal_the_rankers_scores(space, obs_mode):
     torch.manual_seed(3)
-    ranker = Ranker(Scorer(ScorerConfig(d_text=space.d_text, d_image=space.d_image, hidden_dim=32),
-                           item_table=space.fused), space)
+    ranker = Ranker(Scorer.for_item_space(space, hidden_dim=32), space)
     config = AgentConfig(algo="slateq", num_envs=8, device="cpu", learning_starts=10)
     venv = make_env(config, SLATE_ENV, {"obs_mode": obs_mode, "item_space": space})
     model = build_agent(config, venv, space, ranker=ranker)
