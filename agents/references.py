@@ -27,6 +27,13 @@ same item and the headroom is exactly zero.
 Both follow the baselines' interface (`agents.baselines.Recommender`) plus one hook,
 ``attach(env)``, which `agents.evaluation.evaluate_recommender` calls with the vector env
 before the first step so the reference can read its simulator.
+
+One NON-privileged reference sits beside them: `ModelPlanning`, the planning
+reference's lookahead on learned, observable information only (the ranker's expected
+reward and click probability, and a session-end model fitted on the training log,
+`recsim_mm.session_end.SessionEndModel`). It is a strategy a real system could run: the
+planning bar a deployable policy can be held to, where `PlanningReference` is the bar
+with the true model.
 """
 
 from __future__ import annotations
@@ -36,9 +43,13 @@ from collections.abc import Callable, Sequence
 import torch
 
 from agents.baselines import Recommender
+from recsim_mm.ranker import Ranker
+from recsim_mm.session_end import SessionEndModel
 
 #: Strategy names of the references, as configs and reports use them.
 REFERENCE_NAMES: tuple[str, ...] = ("myopic_oracle", "planning")
+#: Strategy name of the non-privileged planning reference (`ModelPlanning`).
+MODEL_PLANNING_NAME = "model_planning"
 #: Horizons (steps of continuation value) `tune_planning_horizon` tries by default.
 PLANNING_HORIZONS: tuple[float, ...] = (0.0, 1.0, 3.0, 10.0, 30.0, 100.0)
 
@@ -133,6 +144,102 @@ def tune_planning_horizon(
         ``(best horizon, {horizon: mean return})``.
     """
     returns = {float(h): float(evaluate(PlanningReference(h, reward, slate_size))) for h in horizons}
+    best = max(returns, key=lambda h: (returns[h], -h))
+    return best, returns
+
+
+class ModelPlanning(Recommender):
+    """NOT privileged: the planning reference's one-step lookahead on learned models only.
+
+    Score of candidate ``i``: ``r_i + horizon x max_j r_j x (1 - P(end | show i))`` with
+
+    - ``r`` the ranker's expected reward of this step (``(B, K)``: minutes ``P(click) x
+      E[minutes | click]`` for ``reward="engagement"``, ``P(click)`` for ``"click"``; the
+      greedy ranker's ranking, `recsim_mm.ranker.RankerPolicy.expected_reward`);
+    - ``P(end | show i) = p_i P(end | click on i) + (1 - p_i) P(end | no click)`` from
+      ``end_model`` (`recsim_mm.session_end.SessionEndModel`, fitted on the training log)
+      and the ranker's click probability ``p_i``.
+
+    Nothing here reads the simulated users' hidden state, so it is a deployable strategy
+    and the planning bar for the other deployable ones. ``horizon=0`` ranks exactly as the
+    greedy ranker; where the fitted end model does not depend on the candidate (the Myopic
+    control) every horizon does. Slates: the top-S candidates by this single-item score
+    (an approximation, as for the privileged references).
+
+    Args:
+        ranker: the trained `recsim_mm.ranker.Ranker` (with the engagement head for
+            ``reward="engagement"``).
+        end_model: the fitted session-end model, over the ranker's item space.
+        horizon: >= 0 steps the continuation is worth, in units of this step's best
+            expected reward (tune it with `tune_model_planning_horizon` on training users).
+        reward: the environment's reward, ``"engagement"`` or ``"click"``.
+        slate_size: None or ``S``.
+        seed: tie-breaking seed.
+
+    Raises:
+        ValueError: an unknown reward, a negative horizon, a ranker without the engagement
+            head for ``"engagement"``, or an end model over another item space.
+    """
+
+    name = MODEL_PLANNING_NAME
+    privileged = False
+
+    def __init__(self, ranker: Ranker, end_model: SessionEndModel, horizon: float, reward: str = "engagement",
+                 slate_size: int | None = None, seed: int = 0):
+        super().__init__(slate_size, seed)
+        if reward not in ("engagement", "click"):
+            raise ValueError(f"reward={reward!r}: model_planning knows the built-in rewards 'engagement' and 'click' only")
+        if not horizon >= 0:
+            raise ValueError(f"horizon={horizon!r}; expected >= 0 steps")
+        ranker.policy(objective=reward)  # raises for "engagement" without the engagement head
+        if end_model.item_ids != ranker.item_space.item_ids:
+            raise ValueError("the session-end model was fitted over another item space than the ranker's; fit it "
+                             "on a log of the ranker's item space")
+        self.ranker, self.end_model = ranker, end_model
+        self.horizon, self.reward = float(horizon), reward
+
+    def expected_reward(self, observation) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ranker's ``(expected reward (B, K), click probability (B, K))``, float64, on
+        the ranker's device, from one forward pass."""
+        obs = {k: torch.as_tensor(v) for k, v in observation.items()}
+        out = self.ranker.predict(obs)
+        click = out["click_probability"]  # float32 products as the greedy ranker's, so its ranking is exact
+        immediate = click if self.reward == "click" else click * out["engagement"]
+        return immediate.double(), click.double()
+
+    def scores(self, observation):
+        """``(B, K)`` float64: expected reward now plus the continuation value times P(stay)."""
+        immediate, click = self.expected_reward(observation)
+        if self.horizon == 0:
+            return immediate.cpu().numpy()
+        end = self.end_model.end_probability(observation, click).to(immediate.device)
+        value = self.horizon * immediate.amax(dim=1, keepdim=True)
+        return (immediate + value * (1.0 - end)).cpu().numpy()
+
+
+def tune_model_planning_horizon(
+    evaluate: Callable[[ModelPlanning], float],
+    ranker: Ranker,
+    end_model: SessionEndModel,
+    reward: str = "engagement",
+    horizons: Sequence[float] = PLANNING_HORIZONS,
+    slate_size: int | None = None,
+) -> tuple[float, dict[float, float]]:
+    """`tune_planning_horizon` for `ModelPlanning`: the horizon with the highest mean return
+    on TRAINING users (never the held-out users).
+
+    Args:
+        evaluate: ``evaluate(policy) -> mean episode return`` on training users.
+        ranker, end_model: as `ModelPlanning`.
+        reward: the environment's reward.
+        horizons: candidates, tried in order; ties keep the smaller one (0 = greedy).
+        slate_size: None or ``S``.
+
+    Returns:
+        ``(best horizon, {horizon: mean return})``.
+    """
+    returns = {float(h): float(evaluate(ModelPlanning(ranker, end_model, h, reward, slate_size)))
+               for h in horizons}
     best = max(returns, key=lambda h: (returns[h], -h))
     return best, returns
 

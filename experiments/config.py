@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from agents.references import REFERENCE_NAMES
+from agents.references import MODEL_PLANNING_NAME, REFERENCE_NAMES
 from agents.rllib_backend import RLlibConfig, unsupported_agent_settings
 from agents.train import AgentConfig
 from envs.ecosystems.creators import CREATOR_REWARDS
@@ -46,11 +46,11 @@ from recsim_mm.synthetic import TOPICS
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
-#: Strategies an experiment can compare: baselines (no training), the greedy ranker and
-#: its MMR re-ranking, the privileged references, and the RL agents (trained per seed;
-#: warm and/or cold start).
+#: Strategies an experiment can compare: baselines (no training), the greedy ranker, its
+#: MMR re-ranking and the non-privileged planning reference on it (``model_planning``),
+#: the privileged references, and the RL agents (trained per seed; warm and/or cold start).
 BASELINE_AGENTS = ("random", "popular", "longest", "oracle", "linucb")
-RANKER_AGENTS = ("greedy", "greedy_id", "mmr", "fair")
+RANKER_AGENTS = ("greedy", "greedy_id", "mmr", "fair", MODEL_PLANNING_NAME)
 REFERENCE_AGENTS = REFERENCE_NAMES
 RL_AGENTS = ("ppo", "dqn", "slateq")
 #: RL agents for one recommendation per step / for slates (PPO acts on both).
@@ -274,8 +274,9 @@ class EvalConfig:
         curve_seed_offset: env seed of the learning-curve users (``+ s``), distinct
             from the test users.
         trace_users: held-out users whose hidden state is traced for the interest plot.
-        tune_users: training users on which the planning reference's horizon and MMR's
-            diversity are tuned (env seed ``tune_seed_offset`` [+ s for MMR]).
+        tune_users: training users on which the planning reference's horizon, MMR's
+            diversity and model_planning's horizon are tuned (env seed
+            ``tune_seed_offset`` [+ s for MMR and model_planning]).
         tune_seed_offset: env seed of the tuning users, distinct from the test users.
         explain: explain the greedy ranker's recommendations to the held-out users of the
             first seed (integrated gradients, `recsim_mm.explain`): ``explanations.json``,

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from agents.references import REFERENCE_NAMES
+from agents.references import MODEL_PLANNING_NAME, REFERENCE_NAMES
 
 #: Metrics of `agents.evaluation.EvalResult.summary`, in table order, with their units.
 METRICS = {
@@ -189,20 +189,24 @@ def reading(
                    f"scores {means['myopic_oracle']:.2f}: no one-step-greedy policy beats it on average. The "
                    f"planning reference (true one-step lookahead) scores {means['planning']:.2f}: planning "
                    f"headroom {headroom:+.2f} per session.")
+        if MODEL_PLANNING_NAME in means:
+            out.append(f"- The non-privileged planning bar, `{MODEL_PLANNING_NAME}` (the same lookahead on the ranker "
+                       "and a session-end model fitted on the training log; deployable, so an ordinary strategy "
+                       f"here), scores {means[MODEL_PLANNING_NAME]:.2f}.")
         seeds = sorted(metrics["planning"])
         h = paired_difference([metrics["planning"][s]["episode_return"] for s in seeds],
                               [metrics["myopic_oracle"][s]["episode_return"] for s in seeds])
         if np.isfinite(h["ci_low"]) and h["ci_low"] > 0:
             for strategy, c in comparisons.items():
-                if "-" in strategy and strategy not in REFERENCES:  # an RL agent
+                if ("-" in strategy or strategy == MODEL_PLANNING_NAME) and strategy not in REFERENCES:
                     out.append(f"- **{strategy}**: gain over greedy {c['diff']:+.2f} = "
                                f"{c['diff'] / headroom:.0%} of the planning headroom.")
         else:
             out.append("- The planning headroom is not distinguishable from 0 here (95% CI "
                        f"[{h['ci_low']:+.2f}, {h['ci_high']:+.2f}]), so no gain is expressed as a share of it.")
     for strategy, c in comparisons.items():
-        if strategy in REFERENCES or "-" not in strategy and strategy != "mmr":
-            continue  # the verdicts are for RL agents and MMR; the rest are in the tables
+        if strategy in REFERENCES or "-" not in strategy and strategy not in ("mmr", MODEL_PLANNING_NAME):
+            continue  # the verdicts are for RL agents, MMR and model_planning; the rest are in the tables
         if c["n"] < 2 or not np.isfinite(c["ci_low"]):
             verdict = f"a single seed gives no interval (difference {c['diff']:+.2f}); run more seeds"
         elif c["ci_low"] > 0:
@@ -249,7 +253,7 @@ class EnvResults:
         artifacts: ``{name: (checkpoint file, tensorboard folder)}`` copied into the
             results folder as ``checkpoints/<name>.pt`` and ``tensorboard/<name>/``.
         tuned: what was tuned on training users (``planning``: horizon in steps,
-            ``mmr-seed<s>``: diversity).
+            ``mmr-seed<s>``: diversity, ``model_planning-seed<s>``: horizon in steps).
         explanations: the greedy ranker's explanations and their modality check (see
             `experiments.run.ranker_explanations`), or None.
         by_step: ``{strategy: {seed: [[clicks, users], ...]}}`` per session step (1, 2,
@@ -402,7 +406,11 @@ def summary_markdown(title: str, setting: str, results: dict[str, EnvResults],
            "(the supervised ranker's expected-reward greedy policy, same users) [95% CI]; then the return as "
            "a fraction of the myopic oracle / of the planning reference. `myopic_oracle` and `planning` are "
            "privileged references that read the hidden user state (docs/agents.md, \"References\"), not "
-           "strategies.", "", suite_table(results), ""]
+           "strategies." + (" `model_planning` is the same lookahead on learned models only (the ranker and a "
+                            "session-end model fitted on the training log): the non-privileged planning bar, a "
+                            "strategy like the others." if any(MODEL_PLANNING_NAME in r.metrics
+                                                               for r in results.values()) else ""),
+           "", suite_table(results), ""]
     headroom = headroom_lines(results)
     if headroom:
         out += ["## Planning headroom (planning reference - myopic oracle, same users)", "", headroom, ""]

@@ -72,7 +72,14 @@ from agents.baselines import (  # noqa: E402
 )
 from agents.callbacks import LearningCurveCallback, ProgressCallback  # noqa: E402
 from agents.evaluation import evaluate_recommender  # noqa: E402
-from agents.references import MyopicOracle, PlanningReference, tune_planning_horizon  # noqa: E402
+from agents.references import (  # noqa: E402
+    MODEL_PLANNING_NAME,
+    ModelPlanning,
+    MyopicOracle,
+    PlanningReference,
+    tune_model_planning_horizon,
+    tune_planning_horizon,
+)
 from agents.rllib_backend import RLlibConfig, check_settings, require_rllib, train_rllib_agent  # noqa: E402
 from agents.slateq import check_choice_model  # noqa: E402
 from agents.tracing import trace_hidden_state  # noqa: E402
@@ -123,6 +130,7 @@ from recsim_mm.logs import (  # noqa: E402
 from recsim_mm.pipeline import build_item_space  # noqa: E402
 from recsim_mm.ranker import Ranker, TrainConfig, evaluate_ranker, train_ranker  # noqa: E402
 from recsim_mm.scorer import ScorerConfig  # noqa: E402
+from recsim_mm.session_end import SessionEndModel  # noqa: E402
 from recsim_mm.synthetic import TOPICS, generate_catalog  # noqa: E402
 from recsim_mm.users import resolve_user_model  # noqa: E402
 
@@ -375,13 +383,14 @@ def rl_runs(config: ExperimentConfig) -> list[tuple[str, str]]:
 
 def strategies_of(config: ExperimentConfig) -> list[str]:
     """Strategy names in report order: baselines, the greedy ranker (the expected-reward
-    baseline every other strategy is compared with, added when an RL agent or MMR is asked
-    for) and MMR, then ``algo-start``, then the privileged references."""
+    baseline every other strategy is compared with, added when an RL agent, MMR or
+    model_planning is asked for), MMR and model_planning, then ``algo-start``, then the
+    privileged references."""
     rl = rl_runs(config)
     names = [a for a in config.agents if a in BASELINE_AGENTS]
-    if "greedy" in config.agents or "mmr" in config.agents or "fair" in config.agents or rl:
+    if any(a in config.agents for a in ("greedy", "mmr", "fair", MODEL_PLANNING_NAME)) or rl:
         names.append("greedy")
-    names += [a for a in config.agents if a in ("greedy_id", "mmr")]
+    names += [a for a in config.agents if a in ("greedy_id", "mmr", MODEL_PLANNING_NAME)]
     if "fair" in config.agents:
         names += [report.fair_name(weight) for weight in config.eval.fairness]
     names += [f"{algo}-{start}" for algo, start in rl]
@@ -659,7 +668,9 @@ def train_rllib_agent_unit(folder: Path, agent: AgentConfig, rllib: RLlibConfig,
 class PolicySpec:
     """How to build one strategy's policy for seed ``seed``: a baseline by ``name`` (with
     the ``ranker`` and ``popularity`` it may need, MMR's tuned ``diversity``), a privileged
-    reference (the planning reference's tuned ``horizon``), or an RL agent from ``checkpoint``."""
+    reference (the planning reference's tuned ``horizon``), model_planning (the ``ranker``,
+    the training log's ``end_model`` and its tuned ``horizon``), or an RL agent from
+    ``checkpoint``."""
 
     name: str
     seed: int
@@ -670,6 +681,7 @@ class PolicySpec:
     diversity: float = 0.0
     horizon: float = 0.0
     fairness: float = 0.0
+    end_model: SessionEndModel | None = None
 
 
 def build_policy(spec: PolicySpec, env: EnvSetup, item_space: ItemSpace) -> Any:
@@ -680,6 +692,8 @@ def build_policy(spec: PolicySpec, env: EnvSetup, item_space: ItemSpace) -> Any:
         return MyopicOracle(reward, env.slate_size, seed=spec.seed)
     if spec.name == "planning":
         return PlanningReference(spec.horizon, reward, env.slate_size, seed=spec.seed)
+    if spec.name == MODEL_PLANNING_NAME:
+        return ModelPlanning(spec.ranker, spec.end_model, spec.horizon, reward, env.slate_size, seed=spec.seed)
     if spec.name == "mmr":
         return MMRRecommender(spec.ranker.policy(objective=reward), item_space.fused, spec.diversity,
                               slate_size=env.slate_size, seed=spec.seed)
@@ -783,8 +797,9 @@ MMR_DIVERSITIES = (0.0, 0.1, 0.2, 0.4, 0.8)
 
 
 def tune_unit(kind: str, env: EnvSetup, item_space: ItemSpace, num_users: int, seed: int,
-              ranker: Ranker | None = None) -> dict:
-    """Tune the planning reference's horizon (``kind="planning"``) or MMR's diversity
+              ranker: Ranker | None = None, end_model: SessionEndModel | None = None) -> dict:
+    """Tune the planning reference's horizon (``kind="planning"``), model_planning's horizon
+    (``kind="model_planning"``, over ``ranker`` and ``end_model``) or MMR's diversity
     (``kind="mmr"``, over ``ranker``) on ``num_users`` training users of env seed ``seed``.
 
     Returns:
@@ -798,6 +813,8 @@ def tune_unit(kind: str, env: EnvSetup, item_space: ItemSpace, num_users: int, s
     reward = env.options["reward"]
     if kind == "planning":
         best, tried = tune_planning_horizon(mean_return, reward, slate_size=env.slate_size)
+    elif kind == MODEL_PLANNING_NAME:
+        best, tried = tune_model_planning_horizon(mean_return, ranker, end_model, reward, slate_size=env.slate_size)
     else:
         greedy = ranker.policy(objective=reward)
         tried = {d: mean_return(MMRRecommender(greedy, item_space.fused, d, slate_size=env.slate_size))
@@ -807,43 +824,68 @@ def tune_unit(kind: str, env: EnvSetup, item_space: ItemSpace, num_users: int, s
 
 
 def tuning_stage(runner: StageRunner, config: ExperimentConfig, env: EnvSetup, items: Stage,
-                 item_space: ItemSpace, rankers: Rankers, device: torch.device) -> dict[tuple[str, int], float]:
-    """The planning horizon (once per environment: it uses the true model) and MMR's
-    diversity (per seed: it uses that seed's ranker), each tuned on training users.
+                 item_space: ItemSpace, rankers: Rankers, device: torch.device,
+                 logs: Logs | None = None) -> dict[tuple[str, int], float]:
+    """The planning horizon (once per environment: it uses the true model), MMR's diversity
+    and model_planning's horizon (per seed: they use that seed's ranker; model_planning
+    also ``logs.end_model``, fitted on the training log), each tuned on training users.
 
     Returns:
-        ``{("planning", 0): horizon, ("mmr", seed): diversity, ...}`` for what ``agents`` asks for.
+        ``{("planning", 0): horizon, ("mmr", seed): diversity, ("model_planning", seed):
+        horizon, ...}`` for what ``agents`` asks for.
     """
     units = []
     if "planning" in config.agents:
         units.append(("planning", 0, None))
-    if "mmr" in config.agents:
-        units += [("mmr", seed, rankers.stages[("fused", seed)].key) for seed in config.seeds]
+    for kind in ("mmr", MODEL_PLANNING_NAME):
+        if kind in config.agents:
+            units += [(kind, seed, rankers.stages[("fused", seed)].key) for seed in config.seeds]
     pending = []
     for kind, seed, ranker_key in units:
+        # model_planning also depends on the training log (its session-end model)
+        fitted_on = {"logs": logs.stage.key} if kind == MODEL_PLANNING_NAME else {}
         stage = runner.stage("tune", ("recsim_mm", "envs", "agents"), kind=kind, env=env.key, items=items.key,
                              ranker=ranker_key, users=config.eval.tune_users,
-                             seed=config.eval.tune_seed_offset + seed, device=device.type)
+                             seed=config.eval.tune_seed_offset + seed, device=device.type, **fitted_on)
         unit = partial(folder_free, tune_unit, kind=kind, env=env, item_space=item_space,
                        num_users=config.eval.tune_users, seed=config.eval.tune_seed_offset + seed,
-                       ranker=rankers.fused.get(seed))
+                       ranker=rankers.fused.get(seed),
+                       end_model=logs.end_model if kind == MODEL_PLANNING_NAME else None)
         pending.append(runner.submit(stage, unit, strategy=kind, seed=seed))
     tuned = {(kind, seed): info["best"] for (kind, seed, _), info in zip(units, runner.gather(pending), strict=True)}
+    what = {"planning": "horizon", "mmr": "diversity (seed {})", MODEL_PLANNING_NAME: "horizon (seed {})"}
     if tuned:
         print("      tuned on training users: " + ", ".join(
-            f"{kind} {'horizon' if kind == 'planning' else f'diversity (seed {seed})'} {value:g}"
-            for (kind, seed), value in tuned.items()), flush=True)
+            f"{kind} {what[kind].format(seed)} {value:g}" for (kind, seed), value in tuned.items()), flush=True)
     return tuned
+
+
+def fit_session_end_model(config: ExperimentConfig, logs: Logs, item_space: ItemSpace) -> None:
+    """``logs.end_model``: model_planning's session-end model, fitted on the training log
+    (`recsim_mm.session_end.SessionEndModel`; a second or so), when ``agents`` asks for it."""
+    if MODEL_PLANNING_NAME not in config.agents or logs.end_model is not None:
+        return
+    try:
+        logs.end_model = SessionEndModel.fit(logs.train, item_space)
+    except ValueError as exc:
+        raise ConfigError(f"config key 'agents': {MODEL_PLANNING_NAME!r} fits a session-end model on the training "
+                          f"log, which failed: {exc}") from None
+    kept = ", ".join(logs.end_model.nonzero_coefficients()) or "none (a constant)"
+    stats = logs.end_model.stats
+    print(f"      session-end model (training log, {stats['ends']} ends in {stats['records']} records): "
+          f"features kept {kept}", flush=True)
 
 
 @dataclass
 class Logs:
-    """Stage 2's output: the logs' stage, the training and held-out logs, clicks per item."""
+    """Stage 2's output: the logs' stage, the training and held-out logs, clicks per item, and
+    (with model_planning) the session-end model fitted on the training log."""
 
     stage: Stage
     train: InteractionLog
     test: InteractionLog
     popularity: np.ndarray
+    end_model: SessionEndModel | None = None
 
 
 def logs_stage(runner: StageRunner, config: ExperimentConfig, env: EnvSetup, items: Stage,
@@ -998,9 +1040,11 @@ def policy_spec(name: str, seed: int, logs: Logs, rankers: Rankers,
         run = agents[(name, seed)]
         return PolicySpec(name, seed, agent=run.config, checkpoint=run.stage.dir / "checkpoint.pt")
     ranker = rankers.id_only.get(seed) if name == "greedy_id" else rankers.fused.get(seed)
+    horizon = tuned.get((MODEL_PLANNING_NAME, seed), 0.0) if name == MODEL_PLANNING_NAME else tuned.get(("planning", 0), 0.0)
     return PolicySpec(name, seed, ranker=ranker, popularity=logs.popularity,
-                      diversity=tuned.get(("mmr", seed), 0.0), horizon=tuned.get(("planning", 0), 0.0),
-                      fairness=report.fair_weight(name) or 0.0)
+                      diversity=tuned.get(("mmr", seed), 0.0), horizon=horizon,
+                      fairness=report.fair_weight(name) or 0.0,
+                      end_model=logs.end_model if name == MODEL_PLANNING_NAME else None)
 
 
 def evaluation_stage(runner: StageRunner, config: ExperimentConfig, env: EnvSetup, items: Stage,
@@ -1019,6 +1063,8 @@ def evaluation_stage(runner: StageRunner, config: ExperimentConfig, env: EnvSetu
             return f"{rankers.stages[('fused', seed)].key}:{tuned[('mmr', seed)]}"
         if name == "planning":
             return f"planning:{tuned[('planning', 0)]}"
+        if name == MODEL_PLANNING_NAME:  # the training log (its session-end model) is in the key as ``logs``
+            return f"{rankers.stages[('fused', seed)].key}:{name}:{tuned[(name, seed)]}"
         return logs.stage.key if name == "popular" else name
 
     strategies = strategies_of(config)
@@ -1064,7 +1110,8 @@ def hidden_state_traces(config: ExperimentConfig, env: EnvSetup, item_space: Ite
     ``seeds[0]``): the user with the longest sessions, the same user under every strategy."""
     rl = [name for name, _ in agents]
     traced = ["greedy", *dict.fromkeys(rl)] if rl else [n for n in strategies_of(config)
-                                                        if n not in ("oracle", "mmr", *REFERENCE_AGENTS)][:2]
+                                                        if n not in ("oracle", "mmr", MODEL_PLANNING_NAME,
+                                                                     *REFERENCE_AGENTS)][:2]
     if not (config.eval.trace_users and traced):
         return None
     seed = config.seeds[0]
@@ -1105,7 +1152,8 @@ def run_environment(runner: StageRunner, config: ExperimentConfig, env: EnvSetup
     logs = logs_stage(runner, config, env, items, item_space, device)
     rankers = rankers_stage(runner, config, logs, item_space, device)
     agents, agents_trained = agents_stage(runner, config, env, items, item_space, logs, rankers, device)
-    tuned = tuning_stage(runner, config, env, items, item_space, rankers, device)
+    fit_session_end_model(config, logs, item_space)
+    tuned = tuning_stage(runner, config, env, items, item_space, rankers, device, logs)
     agents_trained()
     results = evaluation_stage(runner, config, env, items, item_space, logs, rankers, agents, tuned, device)
     results.tuned = {f"{kind}" if kind == "planning" else f"{kind}-seed{seed}": value
