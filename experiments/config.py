@@ -210,7 +210,7 @@ RANKER_RUN_FIELDS = ("seed", "device", "checkpoint_path", "tensorboard_dir", "nu
 #: `AgentConfig` fields of each algorithm's section (the rest are set per run or not offered).
 AGENT_SHARED_FIELDS = ("total_steps", "num_envs", "learning_rate", "gamma", "checkpoint_every")
 PPO_FIELDS = (*AGENT_SHARED_FIELDS, "n_steps", "batch_size", "n_epochs", "gae_lambda", "ent_coef", "clip_range",
-              "temperature", "vf_coef", "normalize_values", "value_hidden", "kl_coef", "bc_epochs", "bc_lr")
+              "temperature", "vf_coef", "normalize_values", "value_hidden", "value_lr_scale", "kl_coef", "bc_epochs", "bc_lr")
 DQN_FIELDS = (*AGENT_SHARED_FIELDS, "buffer_size", "learning_starts", "train_freq", "gradient_steps",
               "target_update_interval", "exploration_fraction", "exploration_final_eps")
 #: What every RL section adds to its `AgentConfig` fields.
