@@ -264,7 +264,7 @@ class ScorerActorCriticPolicy(ActorCriticPolicy):
         item_table: torch.Tensor | None = None,
         item_features: torch.Tensor | None = None,
         objective: str = "engagement",
-        temperature: float = 0.25,
+        temperature: float = 0.5,
         value_hidden: int = 64,
         normalize_values: bool = True,
         value_lr_scale: float = 1.0,

@@ -27,8 +27,7 @@ per seed)::
 
     from agents.rllib_backend import RLlibConfig, train_rllib_agent
     from agents.train import AgentConfig
-    from recsim_mm.item_features import item_feature_table
-from recsim_mm.item_space import ItemSpace
+    from recsim_mm.item_space import ItemSpace
 
     item_space = ItemSpace.random(200, 8, 8)
     outcome = train_rllib_agent(
@@ -56,6 +55,7 @@ import torch
 
 from agents.train import CHECKPOINT_FORMAT, AgentConfig, load_agent_checkpoint
 from recsim_mm.files import atomic_torch_save
+from recsim_mm.item_features import item_feature_table
 from recsim_mm.item_space import ItemSpace
 from recsim_mm.scorer import ScorerConfig
 

@@ -149,7 +149,7 @@ class ScorerRLModule(TorchRLModule, ValueFunctionAPI):
         self.scorer = build_scorer(self.observation_space, config["scorer_config"], config.get("item_table"),
                                    config.get("item_features"))
         self.objective = config.get("objective", "engagement")
-        self.temperature = float(config.get("temperature", 0.25))
+        self.temperature = float(config.get("temperature", 0.5))
         hidden = int(config.get("value_hidden", 64))
         self.value_net = nn.Sequential(
             nn.Linear(self.scorer.config.hidden_dim + 3, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),

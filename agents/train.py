@@ -93,7 +93,7 @@ class AgentConfig:
     gae_lambda: float = 0.9
     ent_coef: float = 0.01
     clip_range: float = 0.2
-    temperature: float = 0.25
+    temperature: float = 0.5
     vf_coef: float = 0.5
     normalize_values: bool = True
     value_hidden: int = 64

@@ -38,6 +38,7 @@ import yaml
 from agents.references import MODEL_PLANNING_NAME, REFERENCE_NAMES
 from agents.rllib_backend import RLlibConfig, unsupported_agent_settings
 from agents.train import AgentConfig
+from envs import ENV_IDS
 from envs.ecosystems.creators import CREATOR_REWARDS
 from recsim_mm.ranker import TrainConfig
 from recsim_mm.scorer import ScorerConfig
@@ -197,7 +198,8 @@ def library_view(name: str, library: type, fields: Sequence[str], doc: str,
         default = (field(default=f.default) if f.default is not dataclasses.MISSING
                    else field(default_factory=f.default_factory))
         spec.append((field_name, hints[field_name], default))
-    spec += [(n, t, field(default=d)) for n, t, d in extra]
+    spec += [(n, t, field(default_factory=lambda d=d: type(d)(d)) if isinstance(d, dict | list) else field(default=d))
+             for n, t, d in extra]
     return dataclasses.make_dataclass(name, spec, namespace={"__doc__": doc, "__module__": __name__})
 
 
@@ -214,7 +216,8 @@ PPO_FIELDS = (*AGENT_SHARED_FIELDS, "n_steps", "batch_size", "n_epochs", "gae_la
 DQN_FIELDS = (*AGENT_SHARED_FIELDS, "buffer_size", "learning_starts", "train_freq", "gradient_steps",
               "target_update_interval", "exploration_fraction", "exploration_final_eps")
 #: What every RL section adds to its `AgentConfig` fields.
-AGENT_EXTRA = (("warm_start", bool, True), ("cold_start", bool, False), ("reward", str, "simulator"))
+AGENT_EXTRA = (("warm_start", bool, True), ("cold_start", bool, False), ("reward", str, "simulator"),
+               ("steps_by_env", dict[str, int], {}))
 
 ScorerSection = library_view(
     "ScorerSection", ScorerConfig,
@@ -237,20 +240,23 @@ PPOSection = library_view(
     """PPO: `agents.train.AgentConfig`'s shared and PPO fields (`PPO_FIELDS`), plus
     ``warm_start`` (train "ppo-warm", initialised from the ranker), ``cold_start`` (train
     "ppo-cold" from random weights) and ``reward`` (``"simulator"``, or ``"ranker"``: the
-    ranker's predicted engagement as a learned reward; evaluation still uses the simulator's).""",
+    ranker's predicted engagement as a learned reward; evaluation still uses the simulator's)
+    and ``steps_by_env`` (``{env id or its name after "recsim_mm/": total_steps}``: a
+    budget per environment of a suite, each read from that environment's learning curves;
+    environments not named train ``total_steps``).""",
     extra=AGENT_EXTRA)
 
 DQNSection = library_view(
     "DQNSection", AgentConfig, DQN_FIELDS,
     """DQN: `agents.train.AgentConfig`'s shared and DQN fields (`DQN_FIELDS`), plus
-    ``warm_start``, ``cold_start`` and ``reward`` as for `PPOSection`.""",
+    ``warm_start``, ``cold_start``, ``reward`` and ``steps_by_env`` as for `PPOSection`.""",
     extra=AGENT_EXTRA)
 
 SlateQSection = library_view(
     "SlateQSection", AgentConfig, DQN_FIELDS,
     """SlateQ (`agents.slateq`, slate environments only): the same fields as `DQNSection`
     (SlateQ is SB3's DQN with decomposed slate values), plus ``warm_start``,
-    ``cold_start`` and ``reward``.""",
+    ``cold_start``, ``reward`` and ``steps_by_env``.""",
     extra=AGENT_EXTRA)
 
 RLlibSection = library_view(
@@ -661,10 +667,26 @@ def rllib_config(config: ExperimentConfig) -> RLlibConfig:
     return RLlibConfig(**dataclasses.asdict(config.rllib))
 
 
-def agent_config(config: ExperimentConfig, algo: str, seed: int, device: str) -> AgentConfig:
-    """`agents.train.AgentConfig` of one RL run from the ``ppo`` / ``dqn`` section."""
-    section = {k: v for k, v in dataclasses.asdict(getattr(config, algo)).items()
-               if k not in dict.fromkeys(name for name, _, _ in AGENT_EXTRA)}
+def env_budget(steps_by_env: dict[str, int], env_id: str | None) -> int | None:
+    """The ``steps_by_env`` entry of ``env_id`` (by full id or by its name after the
+    namespace), or None."""
+    if env_id is None:
+        return None
+    for name in (env_id, env_id.rsplit("/", 1)[-1]):
+        if name in steps_by_env:
+            return steps_by_env[name]
+    return None
+
+
+def agent_config(config: ExperimentConfig, algo: str, seed: int, device: str,
+                 env_id: str | None = None) -> AgentConfig:
+    """`agents.train.AgentConfig` of one RL run from the ``ppo`` / ``dqn`` section, on
+    ``env_id`` (its ``steps_by_env`` budget, when the section names it)."""
+    values = dataclasses.asdict(getattr(config, algo))
+    section = {k: v for k, v in values.items() if k not in dict.fromkeys(name for name, _, _ in AGENT_EXTRA)}
+    budget = env_budget(values.get("steps_by_env", {}), env_id)
+    if budget is not None:
+        section["total_steps"] = budget
     return AgentConfig(algo=algo, seed=seed, device=device, scorer=dataclasses.asdict(config.scorer), **section)
 
 
@@ -776,6 +798,15 @@ def validate(config: ExperimentConfig) -> None:
             _require(section.warm_start or section.cold_start, f"{algo}.warm_start", section.warm_start,
                      f"true, or {algo}.cold_start=true: agent {algo!r} is listed in 'agents'")
         _library_checked(algo, lambda algo=algo: agent_config(c, algo, 0, "cpu"))
+        for name, steps in section.steps_by_env.items():
+            key = f"{algo}.steps_by_env.{name}"
+            # entries for registered environments outside this run are kept unused, so a
+            # preset's budgets survive `env.id=...` picking one environment of its suite
+            known = sorted({*ids, *ENV_IDS})
+            _require(any(env_budget({name: 1}, e) for e in known), key, name,
+                     "a registered environment id, or its name after 'recsim_mm/' (e.g. 'Satiation-v0')")
+            _require(isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1, key, steps,
+                     "an int >= 1 (environment steps)")
     _library_checked("rllib", lambda: rllib_config(c))
     for name, section in RLLIB_AGENTS.items():
         if name in c.agents:

@@ -403,7 +403,8 @@ def check_held_out_seeds(config: ExperimentConfig) -> None:
     Training users: the logs (``logging.seed``, ``+1``) and each agent's environment,
     seeded ``s`` and re-seeded ``s + steps`` after a resume (``s`` in ``seeds``).
     """
-    longest = max([config.ppo.total_steps, config.dqn.total_steps])
+    longest = max([config.ppo.total_steps, config.dqn.total_steps, *config.ppo.steps_by_env.values(),
+                   *config.dqn.steps_by_env.values()])
     training = [(config.logging.seed, config.logging.seed + 1)] + [(s, s + longest) for s in config.seeds]
     for key, offset in (("eval.seed_offset", config.eval.seed_offset),
                         ("eval.curve_seed_offset", config.eval.curve_seed_offset)):
@@ -982,7 +983,7 @@ def agents_stage(runner: StageRunner, config: ExperimentConfig, env: EnvSetup, i
         backend = {"rllib": dataclasses.asdict(config.rllib)} if algo in RLLIB_AGENTS else {}
         for seed in config.seeds:
             uses_ranker = start == "warm" or section.reward == "ranker"
-            agent = agent_config(config, RLLIB_AGENTS.get(algo, algo), seed, str(device))
+            agent = agent_config(config, RLLIB_AGENTS.get(algo, algo), seed, str(device), env.id)
             runs[(f"{algo}-{start}", seed)] = AgentRun(runner.stage(
                 "agent", ("recsim_mm", "envs", "agents"), items=items.key, env=env.key,
                 agent=dataclasses.asdict(agent), start=start, reward=section.reward,

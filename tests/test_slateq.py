@@ -24,9 +24,9 @@ from agents.slateq import (
 from agents.train import AgentConfig, build_agent, make_env
 from envs.vector_env import RecVectorEnv
 from recsim_mm.choice import MultinomialLogit
+from recsim_mm.item_features import item_feature_table
 from recsim_mm.pipeline import default_item_space
 from recsim_mm.ranker import Ranker
-from recsim_mm.item_features import item_feature_table
 from recsim_mm.scorer import Scorer, ScorerConfig
 
 SLATE_ENV = "recsim_mm/InterestEvolutionSlate-v0"
