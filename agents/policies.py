@@ -173,6 +173,19 @@ def candidate_action_distribution(action_space: spaces.Space) -> Distribution:
 OBJECTIVES = ("engagement", "click")
 
 
+def critic_input(log_reward: torch.Tensor, user_state: torch.Tensor) -> torch.Tensor:
+    """The critics' input, detached from the actor: the user state and the candidates'
+    log expected reward summarised (max, log-sum-exp, mean), ``(B, h + 3)`` float32.
+
+    Args:
+        log_reward: ``(B, K)`` the scorer's log expected reward of each candidate.
+        user_state: ``(B, h)`` the scorer's user state.
+    """
+    detached = log_reward.detach()
+    summary = torch.stack([detached.amax(-1), detached.logsumexp(-1), detached.mean(-1)], dim=-1)
+    return torch.cat([user_state.detach(), summary], dim=-1)
+
+
 class ValueNormalizer(nn.Module):
     """PopArt-style output normalisation of a critic (van Hasselt et al., 2016).
 
@@ -329,9 +342,7 @@ class ScorerActorCriticPolicy(ActorCriticPolicy):
     def _actor(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Actor logits ``(B, K)`` and the critic's input ``(B, h + 3)`` (detached)."""
         log_reward, user_state = self.scorer.log_expected_reward(as_scorer_input(obs, self.ids_mode), self.objective)
-        detached = log_reward.detach()
-        summary = torch.stack([detached.amax(-1), detached.logsumexp(-1), detached.mean(-1)], dim=-1)
-        return log_reward / self.temperature, torch.cat([user_state.detach(), summary], dim=-1)
+        return log_reward / self.temperature, critic_input(log_reward, user_state)
 
     def _value(self, critic_input: torch.Tensor) -> torch.Tensor:
         """``(B, 1)`` state values in reward units."""

@@ -45,6 +45,7 @@ from agents.policies import (
     as_scorer_input,
     build_scorer,
     candidate_action_distribution,
+    critic_input,
     is_ids_mode,
 )
 from recsim_mm.sampling import gumbel_top_k, plackett_luce_log_prob_and_entropy
@@ -168,9 +169,7 @@ class ScorerRLModule(TorchRLModule, ValueFunctionAPI):
     def _actor(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits ``(B, K)`` and the critic's detached input ``(B, h + 3)``."""
         log_reward, user_state = self.scorer.log_expected_reward(self._obs(batch), self.objective)
-        detached = log_reward.detach()
-        summary = torch.stack([detached.amax(-1), detached.logsumexp(-1), detached.mean(-1)], dim=-1)
-        return log_reward / self.temperature, torch.cat([user_state.detach(), summary], dim=-1)
+        return log_reward / self.temperature, critic_input(log_reward, user_state)
 
     def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         return {Columns.ACTION_DIST_INPUTS: self._actor(batch)[0]}

@@ -138,8 +138,9 @@ class AgentConfig:
             if (not isinstance(value, int | float) or isinstance(value, bool) or value < low
                     or (strict and value == low) or (high is not None and value > high)):
                 raise ValueError(f"AgentConfig.{name}={value!r}; expected a number {expected}")
-        if not isinstance(self.normalize_values, bool):
-            raise ValueError(f"AgentConfig.normalize_values={self.normalize_values!r}; expected true or false")
+        for name in ("normalize_values",):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"AgentConfig.{name}={getattr(self, name)!r}; expected true or false")
         if self.kl_coef and self.algo != "ppo":
             raise ValueError(f"AgentConfig.kl_coef={self.kl_coef} with algo={self.algo!r}: the KL penalty is for PPO")
         if self.bc_epochs and self.algo != "ppo":

@@ -629,3 +629,21 @@ def test_a_suite_reports_every_strategy_on_every_environment(tmp_path):
     planning = {(r["seed"], r["metric"]): r["value"] for r in read_metrics(run_dir / "Myopic-v0")
                 if r["strategy"] == "planning"}
     assert myopic == planning
+
+
+def test_steps_by_env_gives_each_environment_of_a_suite_its_own_budget():
+    from experiments.config import agent_config
+
+    config = load_config(["ppo.total_steps=7000", "ppo.steps_by_env={Satiation-v0: 9000}",
+                          "ppo.steps_by_env={recsim_mm/Myopic-v0: 3000}"])
+    assert agent_config(config, "ppo", 0, "cpu", "recsim_mm/Satiation-v0").total_steps == 9000
+    assert agent_config(config, "ppo", 0, "cpu", "recsim_mm/Myopic-v0").total_steps == 3000
+    # an environment the mapping does not name trains total_steps (the default preset names all three)
+    assert agent_config(config, "ppo", 0, "cpu", "recsim_mm/SatiationSlate-v0").total_steps == 7000
+    # the preset's budgets survive picking one environment of its suite
+    assert load_config(["env.id=recsim_mm/Satiation-v0"]).ppo.steps_by_env["Satiation-v0"] == 150_000
+    with pytest.raises(ConfigError, match="'ppo.steps_by_env.Satiaton-v0' = 'Satiaton-v0' is invalid; expected a "
+                                          "registered environment id"):
+        load_config(["ppo.steps_by_env={Satiaton-v0: 5000}"])
+    with pytest.raises(ConfigError, match="'ppo.steps_by_env.Myopic-v0' = 0 is invalid; expected an int >= 1"):
+        load_config(["ppo.steps_by_env={Myopic-v0: 0}"])
