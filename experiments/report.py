@@ -534,7 +534,8 @@ def plot_learning_curves(
         ax_critic.grid(alpha=0.3)
     if greedy_level is not None and np.isfinite(greedy_level):
         ax.axhline(greedy_level, color="black", ls="--", lw=1.2, label="greedy ranker")
-    ax.set_xlabel("environment steps")
+    if not critic:
+        ax.set_xlabel("environment steps")
     ax.set_ylabel("episode return (held-out curve users)")
     ax.set_title("Learning curves (mean over seeds; band: min-max)")
     ax.grid(alpha=0.3)
