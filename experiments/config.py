@@ -639,6 +639,12 @@ def load_config(overrides: list[str] | None = None) -> ExperimentConfig:
         raise ConfigError(f"{path}: {exc}") from None
     for key, value in rest:
         _apply(config, _nest(key, value))
+    # A budget given on the command line is for every environment: it replaces the
+    # preset's per-environment budgets unless the same command line sets those too.
+    given = {key for key, _ in rest}
+    for section in ("ppo", "dqn", "slateq"):
+        if f"{section}.total_steps" in given and not any(k.startswith(f"{section}.steps_by_env") for k in given):
+            getattr(config, section).steps_by_env = {}
     validate(config)
     return config
 

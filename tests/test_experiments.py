@@ -640,8 +640,10 @@ def test_steps_by_env_gives_each_environment_of_a_suite_its_own_budget():
     assert agent_config(config, "ppo", 0, "cpu", "recsim_mm/Myopic-v0").total_steps == 3000
     # an environment the mapping does not name trains total_steps (the default preset names all three)
     assert agent_config(config, "ppo", 0, "cpu", "recsim_mm/SatiationSlate-v0").total_steps == 7000
-    # the preset's budgets survive picking one environment of its suite
+    # the preset's budgets survive picking one environment of its suite, and give way to a
+    # total_steps typed on the command line (a budget for every environment)
     assert load_config(["env.id=recsim_mm/Satiation-v0"]).ppo.steps_by_env["Satiation-v0"] == 150_000
+    assert load_config(["ppo.total_steps=2048"]).ppo.steps_by_env == {}
     with pytest.raises(ConfigError, match="'ppo.steps_by_env.Satiaton-v0' = 'Satiaton-v0' is invalid; expected a "
                                           "registered environment id"):
         load_config(["ppo.steps_by_env={Satiaton-v0: 5000}"])

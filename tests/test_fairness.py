@@ -13,7 +13,7 @@ from envs.vector_env import RecVectorEnv
 from recsim_mm.metrics import exposure_summary, gini
 from recsim_mm.pipeline import default_item_space
 from recsim_mm.ranker import Ranker
-from recsim_mm.scorer import Scorer, ScorerConfig
+from recsim_mm.scorer import Scorer
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +66,7 @@ def test_evaluation_counts_every_shown_slate_position_and_popular_is_less_fair_t
 
 def test_exposure_regulariser_trades_return_for_flatter_exposure(space):
     torch.manual_seed(0)
-    ranker = Ranker(Scorer(ScorerConfig(d_text=space.d_text, d_image=space.d_image, hidden_dim=32),
-                           item_table=space.fused), space)
+    ranker = Ranker(Scorer.for_item_space(space, hidden_dim=32), space)
     env = RecVectorEnv(256, item_space=space, obs_mode="ids", device="cpu")
     gini_by_weight = {}
     for fairness in (0.0, 2.0):
