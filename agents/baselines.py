@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from recsim_mm.item_space import match_rows
 from recsim_mm.observation import CANDIDATE_ITEMS, HISTORY_FEEDBACK, HISTORY_ITEMS, HISTORY_MASK
 
 
@@ -62,10 +63,8 @@ def candidate_rows(observation: dict[str, np.ndarray], item_table: torch.Tensor)
     candidates = np.asarray(observation[CANDIDATE_ITEMS])
     if np.issubdtype(candidates.dtype, np.integer):
         return candidates.astype(np.int64)
-    table = item_table.detach().cpu().float()
-    vectors = torch.from_numpy(candidates.astype(np.float32))
-    rows = (vectors @ table.T).argmax(dim=-1)
-    if not torch.allclose(table[rows], vectors, atol=1e-5):
+    rows, exact = match_rows(item_table.detach().cpu().float(), torch.from_numpy(candidates.astype(np.float32)))
+    if not bool(exact.all()):
         raise ValueError(
             "candidate_items holds vectors that match no row of the item table; "
             "the policy was built for a different item space"

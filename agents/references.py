@@ -54,6 +54,27 @@ MODEL_PLANNING_NAME = "model_planning"
 PLANNING_HORIZONS: tuple[float, ...] = (0.0, 1.0, 3.0, 10.0, 30.0, 100.0)
 
 
+def lookahead(immediate: torch.Tensor, end_probability: torch.Tensor, horizon: float) -> torch.Tensor:
+    """The one-step lookahead both planning references rank by, ``(B, K)``:
+    ``r_i + horizon x max_j r_j x (1 - P(end | i))``.
+
+    Args:
+        immediate: ``(B, K)`` expected reward of this step (minutes or click probability).
+        end_probability: ``(B, K)`` probability that the session ends after showing ``i``.
+        horizon: >= 0 steps the continuation is worth, in units of this step's best reward.
+    """
+    value = horizon * immediate.amax(dim=1, keepdim=True)
+    return immediate + value * (1.0 - end_probability)
+
+
+def best_horizon(evaluate: Callable[[Recommender], float], reference: Callable[[float], Recommender],
+                 horizons: Sequence[float]) -> tuple[float, dict[float, float]]:
+    """``(best horizon, {horizon: mean return})``: ``evaluate(reference(h))`` for each
+    horizon, in order; ties keep the smaller horizon (0 = greedy on the immediate reward)."""
+    returns = {float(h): float(evaluate(reference(float(h)))) for h in horizons}
+    return max(returns, key=lambda h: (returns[h], -h)), returns
+
+
 class MyopicOracle(Recommender):
     """PRIVILEGED: greedy on the true expected reward of this step (see the module docstring).
 
@@ -120,9 +141,7 @@ class PlanningReference(MyopicOracle):
     def scores(self, observation):
         """``(B, K)`` expected reward now plus the continuation value times P(stay)."""
         outcomes = self._outcomes()
-        immediate = self._immediate(outcomes)
-        value = self.horizon * immediate.amax(dim=1, keepdim=True)
-        return (immediate + value * (1.0 - outcomes.end_probability)).cpu().numpy()
+        return lookahead(self._immediate(outcomes), outcomes.end_probability, self.horizon).cpu().numpy()
 
 
 def tune_planning_horizon(
@@ -143,9 +162,7 @@ def tune_planning_horizon(
     Returns:
         ``(best horizon, {horizon: mean return})``.
     """
-    returns = {float(h): float(evaluate(PlanningReference(h, reward, slate_size))) for h in horizons}
-    best = max(returns, key=lambda h: (returns[h], -h))
-    return best, returns
+    return best_horizon(evaluate, lambda h: PlanningReference(h, reward, slate_size), horizons)
 
 
 class ModelPlanning(Recommender):
@@ -213,8 +230,7 @@ class ModelPlanning(Recommender):
         if self.horizon == 0:
             return immediate.cpu().numpy()
         end = self.end_model.end_probability(observation, click).to(immediate.device)
-        value = self.horizon * immediate.amax(dim=1, keepdim=True)
-        return (immediate + value * (1.0 - end)).cpu().numpy()
+        return lookahead(immediate, end, self.horizon).cpu().numpy()
 
 
 def tune_model_planning_horizon(
@@ -238,10 +254,7 @@ def tune_model_planning_horizon(
     Returns:
         ``(best horizon, {horizon: mean return})``.
     """
-    returns = {float(h): float(evaluate(ModelPlanning(ranker, end_model, h, reward, slate_size)))
-               for h in horizons}
-    best = max(returns, key=lambda h: (returns[h], -h))
-    return best, returns
+    return best_horizon(evaluate, lambda h: ModelPlanning(ranker, end_model, h, reward, slate_size), horizons)
 
 
 def fraction_of(value: float, reference: float) -> float:

@@ -16,6 +16,25 @@ import torch
 from recsim_mm.files import atomic_torch_save, load_checkpoint
 
 
+def match_rows(table: torch.Tensor, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The row of ``table`` each vector is, found by the largest dot product.
+
+    Args:
+        table: ``(N, d)`` float32 item vectors (``ItemSpace.fused``).
+        vectors: ``(..., d)`` float32 vectors that should be rows of it.
+
+    Returns:
+        ``rows`` ``(...)`` int64 and ``exact`` ``(...)`` bool: whether the vector equals its
+        row (elementwise within ``1e-5 + 1e-5 x |row|``, as ``torch.allclose``); a vector
+        that is no row (another item space, padding) has ``exact`` False.
+    """
+    flat = vectors.reshape(-1, vectors.shape[-1]).float()
+    rows = (flat @ table.T).argmax(dim=-1)
+    matched = table.index_select(0, rows)
+    exact = ((matched - flat).abs() <= 1e-5 + 1e-5 * matched.abs()).all(dim=-1)
+    return rows.reshape(vectors.shape[:-1]), exact.reshape(vectors.shape[:-1])
+
+
 @dataclass(frozen=True)
 class ItemSpace:
     """Frozen per-item tensors that the simulator and the policies read.

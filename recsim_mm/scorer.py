@@ -51,6 +51,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from recsim_mm.item_features import ITEM_FEATURES, check_item_features, item_feature_table
+from recsim_mm.item_space import match_rows
 from recsim_mm.observation import (
     CANDIDATE_ITEMS,
     HISTORY_FEEDBACK,
@@ -435,7 +436,8 @@ class HistoryMatch(nn.Module):
     ``w_t = watched fraction`` (minutes / the past item's duration; the newest step is 0
     steps back). The last is exactly the simulated users' satiation memory
     (``m <- decay * m + watched * x / 2``, satiation ``relu(<m, candidate>)``) when a
-    rate equals the user model's decay and the history is long enough. Each is one dot product with a per-user decayed profile vector, so it costs
+    rate equals the user model's decay and the history is long enough. Each is one dot
+    product with a per-user decayed profile vector, so it costs
     ``O(B*K*d)``, not ``O(B*K*H*d)``. With the click and skip counts these statistics
     go through an MLP. Keeping the modalities apart lets the heads weigh text against
     image similarity per user, which is what the simulated users' modality weight does
@@ -647,8 +649,12 @@ class Scorer(nn.Module):
 
     def item_durations(self, rows: torch.Tensor) -> torch.Tensor:
         """Durations (minutes, float32, shape of ``rows``) of items by row; needs ``"duration"`` among the features."""
+        return self._log_durations(rows).exp()
+
+    def _log_durations(self, rows: torch.Tensor) -> torch.Tensor:
+        """``log`` of `item_durations`: the feature table's duration column, gathered."""
         column = self.config.item_features.index("duration")
-        return self.item_feature_table[:, column].index_select(0, rows.reshape(-1).long()).exp().reshape(rows.shape)
+        return self.item_feature_table[:, column].index_select(0, rows.reshape(-1).long()).reshape(rows.shape)
 
     @property
     def item_vectors(self) -> torch.Tensor | None:
@@ -705,16 +711,13 @@ class Scorer(nn.Module):
                                      f"{tuple(obs[key].shape[:-1])}; got {tuple(given.shape)}")
                 obs[ROW_KEYS[key]] = given.long()
                 continue
-            vectors = self._vectors(obs, key, ndim)
-            flat = vectors.reshape(-1, vectors.shape[-1])
-            rows = (flat @ self.item_table.T).argmax(dim=-1)
-            exact = (self.item_table.index_select(0, rows) - flat).abs().amax(dim=-1) <= 1e-5
+            rows, exact = match_rows(self.item_table, self._vectors(obs, key, ndim))
             if key == HISTORY_ITEMS:  # padded steps hold zero vectors
-                exact |= obs[HISTORY_MASK].reshape(-1) <= 0
+                exact = exact | (obs[HISTORY_MASK] <= 0)
             if not bool(exact.all()):
                 raise ValueError(f"obs[{key!r}] holds a vector that is no row of the scorer's item table; the item "
                                  "features are looked up by row, so the observation must come from this item space")
-            obs[ROW_KEYS[key]] = rows.reshape(vectors.shape[:-1])
+            obs[ROW_KEYS[key]] = rows
         return obs
 
     def item_rows(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -1022,7 +1025,7 @@ class Scorer(nn.Module):
     def _log_engagement(self, raw: torch.Tensor, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """``log E[minutes | click]`` ``(B, K)`` from the engagement head's raw output."""
         if self.config.knows_duration:  # minutes = watched fraction x duration
-            return F.logsigmoid(raw) + torch.log(self.item_durations(self._rows(obs, CANDIDATE_ITEMS)))
+            return F.logsigmoid(raw) + self._log_durations(self._rows(obs, CANDIDATE_ITEMS))
         return torch.log(F.softplus(raw).clamp_min(1e-6))
 
     def log_expected_reward(self, obs: dict[str, torch.Tensor], objective: str = "engagement"

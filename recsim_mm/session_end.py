@@ -78,7 +78,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from recsim_mm.item_space import ItemSpace
+from recsim_mm.item_space import ItemSpace, match_rows
 from recsim_mm.logs import InteractionLog
 from recsim_mm.observation import (
     CANDIDATE_ITEMS,
@@ -313,10 +313,9 @@ class SessionEndModel:
         if tensor.shape[-1] != table.shape[1]:
             raise ValueError(f"{key} holds {tensor.shape[-1]}-dim vectors; the model's item table has "
                              f"{table.shape[1]} dims (another item space)")
-        vectors = tensor.float()
-        rows = (vectors @ table.T).argmax(-1)
+        rows, exact = match_rows(table, tensor)
         real = torch.ones(rows.shape, dtype=torch.bool, device=rows.device) if mask is None else mask > 0
-        if not torch.allclose(table[rows][real], vectors[real], atol=1e-5):
+        if not bool(exact[real].all()):
             raise ValueError(f"{key} holds vectors that match no row of the model's item table: the "
                              "observation is over another item space")
         return torch.where(real, rows, torch.zeros_like(rows))
